@@ -1,0 +1,307 @@
+"""The one configuration system: typed dataclasses, loaded from YAML, overridden by `key=value`.
+
+A run is described by a :class:`Config` with six sections (model, parallel, data, optimizer,
+training, logging). YAML files in ``configs/`` give values section by section; command-line
+overrides use dotted keys (``model.hidden_size=128``) and are parsed as YAML scalars. Unknown keys,
+values of the wrong type and inconsistent combinations fail with a :class:`ConfigError` that names
+the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or inconsistent; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ngpt"  # "ngpt" or "gpt2"
+    num_layers: int = 24
+    hidden_size: int = 1024
+    num_attention_heads: int = 16
+    ffn_hidden_size: int = 4096
+    # 0 means "from the tokenizer", padded to a multiple of make_vocab_size_divisible_by x TP.
+    vocab_size: int = 0
+    make_vocab_size_divisible_by: int = 128
+    rotary_base: int = 10000
+    normalization: str = "RMSNorm"  # GPT-2 only: "RMSNorm" or "LayerNorm"
+    layernorm_epsilon: float = 1e-5
+    init_std: float | None = None  # None: 1/sqrt(hidden_size)
+    # nGPT only: NVIDIA's reference code also scales u by sqrt(d); the paper scales only v.
+    ngpt_scale_u_by_sqrt_d: bool = False
+    transformer_impl: str = "local"  # "local" or "transformer_engine"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def init_std_value(self) -> float:
+        return self.init_std if self.init_std is not None else 1.0 / math.sqrt(self.hidden_size)
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    zero_stage: int = 1
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    # Blend: ["0.3", "prefix_a", "0.7", "prefix_b"] or just ["prefix"]; split by `split`.
+    data_path: list[str] = field(default_factory=list)
+    split: str = "969,30,1"
+    # Separate per-split blends; when any is set, data_path/split are not used.
+    train_data_path: list[str] = field(default_factory=list)
+    valid_data_path: list[str] = field(default_factory=list)
+    test_data_path: list[str] = field(default_factory=list)
+    seq_length: int = 1024
+    tokenizer_model: str = ""
+    cache_dir: str = ""  # default: <run dir>/data_cache
+    num_workers: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1.5e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 0
+    lr_decay_style: str = "cosine"  # "cosine", "linear" or "constant"
+
+
+@dataclass
+class TrainingConfig:
+    micro_batch_size: int = 4
+    global_batch_size: int = 512
+    train_iters: int = 0
+    train_tokens: int = 0  # token budget; used when train_iters is 0
+    precision: str = "bf16"  # "fp32" or "bf16"
+    seed: int = 1234
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    save: str = ""  # run directory
+    save_interval: int = 1000
+    keep_last: int = 3
+    load: str = ""
+    exit_interval: int = 0
+    eval_interval: int = 1000
+    eval_iters: int = 10
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10
+    wandb: bool = False
+    wandb_project: str = "megatron-ngpt"
+    wandb_run_name: str = ""
+    peak_tflops: float = 989.0  # per-device dense bf16 peak used for MFU (H100 SXM)
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, world_size: int | None = None) -> Config:
+        """Check consistency; with `world_size`, also the data-parallel batch arithmetic."""
+        _validate(self, world_size)
+        return self
+
+
+_CHOICES = {
+    "model.arch": ("ngpt", "gpt2"),
+    "model.normalization": ("RMSNorm", "LayerNorm"),
+    "model.transformer_impl": ("local", "transformer_engine"),
+    "training.precision": ("fp32", "bf16"),
+    "training.device": ("auto", "cpu", "cuda"),
+    "optimizer.lr_decay_style": ("cosine", "linear", "constant"),
+}
+
+
+def _fail(key: str, reason: str) -> None:
+    raise ConfigError(f"{key}: {reason}")
+
+
+def _validate(cfg: Config, world_size: int | None) -> None:
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            _fail(key, f"{value!r} is not one of {', '.join(choices)}")
+    m, p, t = cfg.model, cfg.parallel, cfg.training
+    for key in ("model.num_layers", "model.hidden_size", "model.num_attention_heads",
+                "model.ffn_hidden_size", "parallel.tensor_model_parallel_size",
+                "parallel.pipeline_model_parallel_size", "data.seq_length",
+                "training.micro_batch_size", "training.global_batch_size"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            _fail(key, "must be at least 1")
+    if m.hidden_size % m.num_attention_heads:
+        _fail("model.num_attention_heads",
+              f"hidden_size {m.hidden_size} is not divisible by {m.num_attention_heads} heads")
+    if m.head_dim % 2:
+        _fail("model.num_attention_heads", f"head dim {m.head_dim} must be even for RoPE")
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    if m.num_attention_heads % tp:
+        _fail("parallel.tensor_model_parallel_size",
+              f"{m.num_attention_heads} attention heads are not divisible by TP={tp}")
+    if m.ffn_hidden_size % tp:
+        _fail("parallel.tensor_model_parallel_size",
+              f"ffn_hidden_size {m.ffn_hidden_size} is not divisible by TP={tp}")
+    if m.num_layers % pp:
+        _fail("parallel.pipeline_model_parallel_size",
+              f"{m.num_layers} layers are not divisible by PP={pp}")
+    if p.zero_stage not in (0, 1, 2, 3):
+        _fail("parallel.zero_stage", f"{p.zero_stage} is not one of 0, 1, 2, 3")
+    if pp > 1 and p.zero_stage > 1:
+        _fail("parallel.zero_stage",
+              f"ZeRO-{p.zero_stage} is incompatible with pipeline parallelism (PP={pp}) in "
+              "DeepSpeed's pipeline engine; use zero_stage 0 or 1")
+    if t.train_iters < 0 or t.train_tokens < 0:
+        _fail("training.train_iters", "must not be negative")
+    if cfg.optimizer.min_lr > cfg.optimizer.lr:
+        _fail("optimizer.min_lr", f"{cfg.optimizer.min_lr} exceeds the peak lr {cfg.optimizer.lr}")
+    if len(cfg.data.data_path) > 1 and len(cfg.data.data_path) % 2:
+        _fail("data.data_path", "a blend must be pairs of 'weight prefix'")
+    split = cfg.data.split.replace("/", ",").split(",")
+    try:
+        if not 1 <= len(split) <= 3 or sum(float(s) for s in split) <= 0:
+            raise ValueError
+    except ValueError:
+        _fail("data.split", f"{cfg.data.split!r} is not like '969,30,1'")
+    if world_size is not None:
+        if world_size % (tp * pp):
+            _fail("parallel.tensor_model_parallel_size",
+                  f"world size {world_size} is not divisible by TP x PP = {tp * pp}")
+        dp = world_size // (tp * pp)
+        if t.global_batch_size % (t.micro_batch_size * dp):
+            _fail("training.global_batch_size",
+                  f"{t.global_batch_size} is not divisible by micro_batch_size x DP = "
+                  f"{t.micro_batch_size} x {dp}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a dataclass field annotation (after PEP 563 resolution)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin is list:
+        if isinstance(value, str):
+            value = value.split()
+        if not isinstance(value, list):
+            _fail(key, f"expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(key, v, item_type) for v in value]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            _fail(key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            _fail(key, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        _fail(key, "keys look like 'section.name' (e.g. model.hidden_size)")
+    section_name, name = parts
+    section = getattr(cfg, section_name, None)
+    if section is None or not dataclasses.is_dataclass(section):
+        sections = ", ".join(f.name for f in dataclasses.fields(Config))
+        _fail(key, f"unknown section {section_name!r} (sections: {sections})")
+    hints = typing.get_type_hints(type(section))
+    if name not in hints:
+        _fail(key, f"unknown key {name!r} in section {section_name!r}")
+    setattr(section, name, _coerce(key, value, hints[name]))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` strings; values are parsed as YAML (so 1e-3, true, [a, b])."""
+    for item in overrides:
+        if "=" not in item:
+            _fail(item, "an override must look like section.key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        _set(cfg, key.strip(), value)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    cfg = Config()
+    for section_name, values in (data or {}).items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            _fail(f"{source}: {section_name}", "a section must be a mapping")
+        for name, value in values.items():
+            _set(cfg, f"{section_name}.{name}", value)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        cfg = config_from_dict(data, str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    apply_overrides(cfg, overrides or [])
+    return cfg.validate()
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:
+    """Megatron's --make-vocab-size-divisible-by padding (multiple of divisible_by x TP)."""
+    multiple = divisible_by * tensor_parallel_size
+    return ((vocab_size + multiple - 1) // multiple) * multiple

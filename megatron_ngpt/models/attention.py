@@ -1,0 +1,76 @@
+"""Core attention on `torch.nn.functional.scaled_dot_product_attention` (flash / fused on GPU).
+
+`SDPACoreAttention` is the GPT-2 core attention; `NGPTCoreAttention` first puts every query and
+key head on the unit sphere and scales it by `s_qk`, then uses softmax scale ``sqrt(d_head)``
+(megatron passes `config.softmax_scale`, which the nGPT config sets).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_ngpt.models.scaling import ScalingVector
+
+
+class SDPACoreAttention(MegatronModule):
+    """Causal self-attention over megatron's ``[s, b, heads, d_head]`` tensors."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type=None,
+        attention_type: str = "self",
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ) -> None:
+        super().__init__(config=config)
+        self.layer_number = layer_number
+        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
+
+    def prepare_query_key(
+        self, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return query, key
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None) -> torch.Tensor:
+        query, key = self.prepare_query_key(query, key)
+        # [s, b, h, d] -> [b, h, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1]
+        )
+        s, b = query.shape[0], query.shape[1]
+        return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """x / ||x||_2 over `dim` (nGPT's `norm`)."""
+    acc = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (acc * acc.square().sum(dim, keepdim=True).clamp_min(1e-30).rsqrt()).to(x.dtype)
+
+
+class NGPTCoreAttention(SDPACoreAttention):
+    """nGPT attention: q, k normalized per head and scaled by `s_qk` after RoPE."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int, **kwargs) -> None:
+        super().__init__(config, layer_number, **kwargs)
+        self.s_qk = ScalingVector(
+            config,
+            config.num_attention_heads * config.kv_channels,
+            init_value=1.0,
+            init_scaling=1.0 / math.sqrt(config.hidden_size),
+            tensor_parallel=True,
+        )
+
+    def prepare_query_key(self, query, key):
+        s_qk = self.s_qk().to(query.dtype).view(-1, query.shape[-1])  # [heads / TP, d_head]
+        return l2_normalize(query) * s_qk, l2_normalize(key) * s_qk

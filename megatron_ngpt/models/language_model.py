@@ -1,0 +1,204 @@
+"""The language model: embedding stage, transformer-layer stages, output stage, loss.
+
+The three stage classes are the only model definition. `LanguageModel` runs them in order on one
+pipeline stage; the pipeline engine builds the same classes, split across stages
+(see `megatron_ngpt.parallel.pipeline`). Activations between stages are megatron's
+``[s, b, h]`` hidden states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import init_method_normal, scaled_init_method_normal
+
+from megatron_ngpt.config import ModelConfig
+from megatron_ngpt.models.layers import NormalizedColumnParallelLinear
+from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
+from megatron_ngpt.models.scaling import ScalingVector
+from megatron_ngpt.models.specs import get_gpt2_layer_spec, get_ngpt_layer_spec
+
+
+@dataclasses.dataclass
+class LMTransformerConfig(TransformerConfig):
+    """megatron-core's `TransformerConfig` plus the few fields this project's modules read."""
+
+    arch: str = "ngpt"
+    vocab_size: int = 0
+    rotary_base: int = 10000
+    ngpt_scale_u_by_sqrt_d: bool = False
+    activation_checkpointing: bool = False
+
+
+def build_transformer_config(
+    model: ModelConfig,
+    vocab_size: int,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    params_dtype: torch.dtype = torch.float32,
+    activation_checkpointing: bool = False,
+) -> LMTransformerConfig:
+    """Translate this project's `ModelConfig` into megatron-core's config (the source of truth)."""
+    std = model.init_std_value
+    is_ngpt = model.arch == "ngpt"
+    return LMTransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        ffn_hidden_size=model.ffn_hidden_size,
+        kv_channels=model.head_dim,
+        tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        pipeline_dtype=params_dtype,
+        use_cpu_initialization=True,
+        gradient_accumulation_fusion=False,
+        add_bias_linear=False,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        normalization=model.normalization,
+        layernorm_epsilon=model.layernorm_epsilon,
+        init_method=init_method_normal(std),
+        # GPT-2 scales its output projections by 1/sqrt(2 L); nGPT normalizes them anyway.
+        output_layer_init_method=(
+            init_method_normal(std) if is_ngpt
+            else scaled_init_method_normal(std, model.num_layers)
+        ),
+        softmax_scale=math.sqrt(model.head_dim) if is_ngpt else None,
+        arch=model.arch,
+        vocab_size=vocab_size,
+        rotary_base=model.rotary_base,
+        ngpt_scale_u_by_sqrt_d=model.ngpt_scale_u_by_sqrt_d,
+        activation_checkpointing=activation_checkpointing,
+    )
+
+
+def layer_spec(config: LMTransformerConfig, backend: str = "local") -> ModuleSpec:
+    return get_ngpt_layer_spec(backend) if config.arch == "ngpt" else get_gpt2_layer_spec(backend)
+
+
+class EmbeddingStage(MegatronModule):
+    """Token ids ``[b, s]`` -> hidden states ``[s, b, h]`` (vocab-parallel; unit rows for nGPT)."""
+
+    def __init__(self, config: LMTransformerConfig) -> None:
+        super().__init__(config=config)
+        self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
+            num_embeddings=config.vocab_size,
+            embedding_dim=config.hidden_size,
+            init_method=config.init_method,
+            config=config,
+        )
+        if config.arch == "ngpt":
+            mark_normalized(self.word_embeddings.weight, 1)
+            normalize_matrix_(self.word_embeddings.weight.data, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(tokens).transpose(0, 1).contiguous()
+
+
+class TransformerLayerStage(MegatronModule):
+    """One megatron-core `TransformerLayer` built from the spec, with its RoPE table."""
+
+    def __init__(self, config: LMTransformerConfig, layer_number: int, backend: str = "local"):
+        super().__init__(config=config)
+        self.layer = build_module(layer_spec(config, backend), config=config,
+                                  layer_number=layer_number)
+        self.rotary = RotaryEmbedding(
+            kv_channels=config.kv_channels,
+            rotary_percent=1.0,
+            rotary_base=config.rotary_base,
+            use_cpu_initialization=True,
+        )
+
+    def _layer(self, hidden: torch.Tensor) -> torch.Tensor:
+        rotary = self.rotary(hidden.shape[0])
+        return self.layer(hidden, attention_mask=None, rotary_pos_emb=rotary)[0]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._layer, hidden, use_reentrant=False)
+        return self._layer(hidden)
+
+
+class OutputStage(MegatronModule):
+    """Hidden ``[s, b, h]`` -> vocab-parallel logits ``[b, s, V / TP]``.
+
+    GPT-2: final norm, then the LM head. nGPT: no final norm; unit-norm head rows and `s_z`.
+    """
+
+    def __init__(self, config: LMTransformerConfig) -> None:
+        super().__init__(config=config)
+        is_ngpt = config.arch == "ngpt"
+        self.final_norm = (
+            None if is_ngpt
+            else WrappedTorchNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
+        )
+        linear = NormalizedColumnParallelLinear if is_ngpt else tensor_parallel.ColumnParallelLinear
+        self.output_layer = linear(
+            config.hidden_size, config.vocab_size, config=config, init_method=config.init_method,
+            bias=False, gather_output=False, skip_bias_add=False,
+        )
+        self.s_z = (
+            ScalingVector(config, config.vocab_size, init_value=1.0,
+                          init_scaling=1.0 / math.sqrt(config.hidden_size), tensor_parallel=True)
+            if is_ngpt else None
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
+        logits, _ = self.output_layer(hidden)
+        if self.s_z is not None:
+            logits = logits * self.s_z().to(logits.dtype)
+        return logits.transpose(0, 1).contiguous()
+
+
+def language_model_loss(
+    logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross entropy over vocab-parallel logits ``[b, s, V / TP]`` (computed in fp32)."""
+    # vocab_parallel_cross_entropy modifies its input in place; .float() copies bf16, clone fp32.
+    logits = logits.float() if logits.dtype != torch.float32 else logits.clone()
+    losses = tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
+    if loss_mask is None:
+        return losses.mean()
+    loss_mask = loss_mask.to(losses.dtype)
+    return (losses * loss_mask).sum() / loss_mask.sum().clamp_min(1.0)
+
+
+class LanguageModel(MegatronModule):
+    """The whole model on one pipeline stage: embedding, layers, output head."""
+
+    def __init__(self, config: LMTransformerConfig, backend: str = "local") -> None:
+        super().__init__(config=config)
+        self.embedding = EmbeddingStage(config)
+        self.layers = torch.nn.ModuleList(
+            TransformerLayerStage(config, i + 1, backend) for i in range(config.num_layers)
+        )
+        self.head = OutputStage(config)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[b, s, V / TP]``, or the mean loss when `labels` are given."""
+        hidden = self.embedding(tokens)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        logits = self.head(hidden)
+        return logits if labels is None else language_model_loss(logits, labels, loss_mask)

@@ -1,0 +1,36 @@
+"""Tensor-parallel linear layers whose weights are unit-norm along the embedding dimension.
+
+megatron-core's `ColumnParallelLinear` stores ``[out / TP, d]``: the embedding dimension is the
+input, so each *row* is normalized and every TP shard holds whole rows. `RowParallelLinear` stores
+``[d, in / TP]``: each *column* lives along ``d`` and every shard holds whole columns. In both
+cases TP needs no communication to normalize; ZeRO's flat partitions are handled by the
+optimizer through :mod:`megatron_ngpt.models.normalize`.
+"""
+
+from __future__ import annotations
+
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
+
+
+class NormalizedColumnParallelLinear(ColumnParallelLinear):
+    """`ColumnParallelLinear` with unit-norm rows (W_q/k/v, W_u/v, the LM head)."""
+
+    norm_dim = 1
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        mark_normalized(self.weight, self.norm_dim)
+        normalize_matrix_(self.weight.data, self.norm_dim)
+
+
+class NormalizedRowParallelLinear(RowParallelLinear):
+    """`RowParallelLinear` with unit-norm columns (W_o, W_down)."""
+
+    norm_dim = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        mark_normalized(self.weight, self.norm_dim)
+        normalize_matrix_(self.weight.data, self.norm_dim)

@@ -1,0 +1,88 @@
+"""Process groups: torch.distributed from the torchrun / SLURM environment, then megatron-core.
+
+Rank order is megatron-core's default (tensor fastest, then data, then pipeline), which is also
+the order of DeepSpeed's `PipeModelDataParallelTopology`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_ngpt.parallel.cpu_compat import apply_cpu_compat
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    world_size: int
+    rank: int
+    local_rank: int
+    tp: int
+    pp: int
+    dp: int
+    device: torch.device
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device=cuda but CUDA is not available on this machine")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0))
+
+
+def init_distributed(tp: int = 1, pp: int = 1, device: str = "auto") -> ParallelDims:
+    """Start torch.distributed (gloo on CPU, NCCL on GPU) and megatron-core's model parallel."""
+    dev = select_device(device)
+    if dev.type == "cpu":
+        apply_cpu_compat()
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    if not dist.is_initialized():
+        if world == 1:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            init_method="env://", rank=rank, world_size=world,
+        )
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % (tp * pp):
+        raise ValueError(f"world size {world} is not divisible by TP x PP = {tp} x {pp}")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        create_gloo_process_groups=dev.type == "cuda",
+    )
+    return ParallelDims(world, rank, local_rank, tp, pp, world // (tp * pp), dev)
+
+
+def shutdown_distributed() -> None:
+    """Tear down in the order that avoids the exit-time SIGABRT of a live process group."""
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

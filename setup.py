@@ -1,0 +1,27 @@
+"""megatron-ngpt: nGPT and GPT-2 pretraining on megatron-core + DeepSpeed."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-ngpt",
+    version="0.1.0",
+    description="Pretraining stack for nGPT (normalized transformer) and its GPT-2 baseline",
+    packages=find_packages(include=["megatron_ngpt", "megatron_ngpt.*"]),
+    python_requires=">=3.10",
+    # torch is deliberately unpinned here: GPU users keep their CUDA build. CPU machines get the
+    # local CPU wheel first through `make install` (see Makefile).
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "megatron-core==0.16.1",
+        "sentencepiece",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "wandb",
+    ],
+    extras_require={
+        "eval": ["lm-eval", "transformers", "safetensors"],
+        "gpu": ["transformer-engine[pytorch]", "flash-attn"],
+        "dev": ["pytest", "ruff", "matplotlib"],
+    },
+)
