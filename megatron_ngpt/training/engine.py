@@ -1,0 +1,84 @@
+"""The DeepSpeed engine: ZeRO data parallelism and the optimizer, with or without a pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+
+from megatron_ngpt.config import Config
+from megatron_ngpt.models.language_model import LanguageModel, LMTransformerConfig
+from megatron_ngpt.parallel.mpu import MegatronMPU
+from megatron_ngpt.parallel.pipeline import build_pipeline_module, check_rank_alignment
+from megatron_ngpt.parallel.state import ParallelDims
+from megatron_ngpt.training.optimizer import install_renormalization, param_groups
+from megatron_ngpt.training.schedule import lr_multiplier
+
+
+@dataclass
+class Engine:
+    """A started DeepSpeed engine and what the loop needs to know about it."""
+
+    engine: deepspeed.DeepSpeedEngine
+    module: torch.nn.Module  # LanguageModel or PipelineModule
+    is_pipeline: bool
+    grad_accumulation: int
+    renormalization: str | None  # which master-weight path nGPT normalizes, None for GPT-2
+
+
+def deepspeed_config(cfg: Config, dims: ParallelDims) -> dict:
+    t, p = cfg.training, cfg.parallel
+    grad_accumulation = t.global_batch_size // (t.micro_batch_size * dims.dp)
+    zero: dict = {"stage": p.zero_stage}
+    if p.zero_stage == 3:
+        # No always-gathered parameters: every matrix goes through the renormalized partitions.
+        zero["stage3_param_persistence_threshold"] = 0
+    config = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": grad_accumulation,
+        "gradient_clipping": cfg.optimizer.clip_grad,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+        "bf16": {"enabled": t.precision == "bf16"},
+    }
+    if t.precision == "bf16":
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    if dims.pp > 1:
+        config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
+    return config
+
+
+def build_engine(cfg: Config, model_config: LMTransformerConfig, dims: ParallelDims,
+                 total_steps: int, backend: str = "local") -> Engine:
+    """Build the model (whole or as pipeline stages) and start DeepSpeed on it."""
+    is_pipeline = dims.pp > 1
+    if is_pipeline:
+        module = build_pipeline_module(model_config, dims.tp, dims.pp, dims.dp, backend)
+    else:
+        module = LanguageModel(model_config, backend)
+    module.to(dims.device)
+    opt = cfg.optimizer
+    optimizer = torch.optim.AdamW(
+        param_groups(module, opt.weight_decay), lr=opt.lr, betas=(opt.beta1, opt.beta2),
+        eps=opt.eps, foreach=dims.device.type == "cuda",
+    )
+    schedule = lr_multiplier(opt, total_steps)
+    engine, ds_optimizer, _, _ = deepspeed.initialize(
+        model=module,
+        optimizer=optimizer,
+        lr_scheduler=lambda base: torch.optim.lr_scheduler.LambdaLR(base, schedule),
+        config=deepspeed_config(cfg, dims),
+        mpu=None if is_pipeline else MegatronMPU(),
+        dist_init_required=False,
+    )
+    if is_pipeline:
+        check_rank_alignment(engine)
+    renormalization = (
+        install_renormalization(ds_optimizer, module) if model_config.arch == "ngpt" else None
+    )
+    return Engine(engine, module, is_pipeline, engine.gradient_accumulation_steps(),
+                  renormalization)
