@@ -18,9 +18,10 @@ setup(
         "pyyaml",
         "tqdm",
         "wandb",
+        "zstandard",
     ],
     extras_require={
-        "eval": ["lm-eval", "transformers", "safetensors"],
+        "eval": ["lm-eval", "transformers", "safetensors", "accelerate", "datasets"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         "dev": ["pytest", "ruff", "matplotlib"],
     },

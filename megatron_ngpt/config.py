@@ -41,6 +41,7 @@ class ModelConfig:
     # nGPT only: NVIDIA's reference code also scales u by sqrt(d); the paper scales only v.
     ngpt_scale_u_by_sqrt_d: bool = False
     transformer_impl: str = "local"  # "local" or "transformer_engine"
+    compile_ngpt_ops: bool = True  # nGPT: torch.compile its normalizations (CUDA only)
 
     @property
     def head_dim(self) -> int:
@@ -232,6 +233,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             _fail(key, f"expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                _fail(key, f"expected a number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, f"expected a number, got {value!r}")
         return float(value)

@@ -10,16 +10,23 @@ checkpoint, training resumes from its latest complete checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 import yaml
 
-from megatron_ngpt.config import Config, ConfigError, apply_overrides, load_config, \
-    padded_vocab_size
+from megatron_ngpt.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    padded_vocab_size,
+)
+from megatron_ngpt.log import get_logger
 from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
-from megatron_ngpt.training.logging import get_logger
 
 # flag -> (config key, type)
 FLAGS: dict[str, tuple[str, type]] = {
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         model_config = build_transformer_config(
             cfg.model, vocab, dims.tp, dims.pp,
             torch.bfloat16 if t.precision == "bf16" else torch.float32,
-            p.activation_checkpointing)
+            p.activation_checkpointing, init_seed=t.seed)
         engine = build_engine(cfg, model_config, dims, steps, backend_for(cfg.model))
         evals = steps // t.eval_interval + 1 if t.eval_interval else 1
         num_samples = (steps * t.global_batch_size, evals * t.eval_iters * t.global_batch_size,
@@ -143,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("config error: %s", err)
         code = 2
+    except Exception:
+        # Other ranks may be waiting in a collective: leave at once instead of hanging in
+        # the process-group teardown, and let the launcher see the failure.
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     shutdown_distributed()
     return code
 

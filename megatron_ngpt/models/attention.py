@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_ngpt.models.fused import normalize_qk
 from megatron_ngpt.models.scaling import ScalingVector
 
 
@@ -52,25 +53,28 @@ class SDPACoreAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
 
-def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """x / ||x||_2 over `dim` (nGPT's `norm`)."""
-    acc = x.to(torch.promote_types(x.dtype, torch.float32))
-    return (acc * acc.square().sum(dim, keepdim=True).clamp_min(1e-30).rsqrt()).to(x.dtype)
-
-
 class NGPTCoreAttention(SDPACoreAttention):
     """nGPT attention: q, k normalized per head and scaled by `s_qk` after RoPE."""
 
     def __init__(self, config: TransformerConfig, layer_number: int, **kwargs) -> None:
         super().__init__(config, layer_number, **kwargs)
-        self.s_qk = ScalingVector(
-            config,
-            config.num_attention_heads * config.kv_channels,
-            init_value=1.0,
-            init_scaling=1.0 / math.sqrt(config.hidden_size),
-            tensor_parallel=True,
-        )
+        self.s_qk = qk_scaling_vector(config)
 
     def prepare_query_key(self, query, key):
-        s_qk = self.s_qk().to(query.dtype).view(-1, query.shape[-1])  # [heads / TP, d_head]
-        return l2_normalize(query) * s_qk, l2_normalize(key) * s_qk
+        return normalize_qk(query, key, self.s_qk(), use_compiled=compile_ngpt_ops(self.config))
+
+
+def qk_scaling_vector(config: TransformerConfig) -> ScalingVector:
+    """`s_qk`: one scale per head dimension of every head, sharded over TP like the heads."""
+    return ScalingVector(
+        config,
+        config.num_attention_heads * config.kv_channels,
+        init_value=1.0,
+        init_scaling=1.0 / math.sqrt(config.hidden_size),
+        tensor_parallel=True,
+    )
+
+
+def compile_ngpt_ops(config: TransformerConfig) -> bool:
+    """Whether nGPT's normalizations run `torch.compile`d on GPU (see `fused.py`)."""
+    return getattr(config, "compile_ngpt_ops", False)

@@ -8,6 +8,7 @@ pipeline stage; the pipeline engine builds the same classes, split across stages
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -26,6 +27,7 @@ from megatron_ngpt.models.layers import NormalizedColumnParallelLinear
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
 from megatron_ngpt.models.scaling import ScalingVector
 from megatron_ngpt.models.specs import get_gpt2_layer_spec, get_ngpt_layer_spec
+from megatron_ngpt.models.te_specs import require_transformer_engine
 
 
 @dataclasses.dataclass
@@ -36,7 +38,18 @@ class LMTransformerConfig(TransformerConfig):
     vocab_size: int = 0
     rotary_base: int = 10000
     ngpt_scale_u_by_sqrt_d: bool = False
+    compile_ngpt_ops: bool = False
     activation_checkpointing: bool = False
+    init_seed: int = 1234
+
+
+@contextlib.contextmanager
+def init_rng(config: LMTransformerConfig, offset: int):
+    """Seed each stage's weight init on its own, so that a model split into pipeline stages
+    starts from exactly the weights of the whole model (and of any TP size)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.init_seed + offset)
+        yield
 
 
 def build_transformer_config(
@@ -46,6 +59,7 @@ def build_transformer_config(
     pipeline_parallel: int = 1,
     params_dtype: torch.dtype = torch.float32,
     activation_checkpointing: bool = False,
+    init_seed: int = 1234,
 ) -> LMTransformerConfig:
     """Translate this project's `ModelConfig` into megatron-core's config (the source of truth)."""
     std = model.init_std_value
@@ -86,7 +100,9 @@ def build_transformer_config(
         vocab_size=vocab_size,
         rotary_base=model.rotary_base,
         ngpt_scale_u_by_sqrt_d=model.ngpt_scale_u_by_sqrt_d,
+        compile_ngpt_ops=model.compile_ngpt_ops,
         activation_checkpointing=activation_checkpointing,
+        init_seed=init_seed,
     )
 
 
@@ -94,20 +110,26 @@ def layer_spec(config: LMTransformerConfig, backend: str = "local") -> ModuleSpe
     return get_ngpt_layer_spec(backend) if config.arch == "ngpt" else get_gpt2_layer_spec(backend)
 
 
+def backend_for(model: ModelConfig) -> str:
+    """The layer-spec backend that `model.transformer_impl` selects."""
+    return "te" if model.transformer_impl == "transformer_engine" else "local"
+
+
 class EmbeddingStage(MegatronModule):
     """Token ids ``[b, s]`` -> hidden states ``[s, b, h]`` (vocab-parallel; unit rows for nGPT)."""
 
     def __init__(self, config: LMTransformerConfig) -> None:
         super().__init__(config=config)
-        self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
-            num_embeddings=config.vocab_size,
-            embedding_dim=config.hidden_size,
-            init_method=config.init_method,
-            config=config,
-        )
-        if config.arch == "ngpt":
-            mark_normalized(self.word_embeddings.weight, 1)
-            normalize_matrix_(self.word_embeddings.weight.data, 1)
+        with init_rng(config, 0):
+            self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
+                num_embeddings=config.vocab_size,
+                embedding_dim=config.hidden_size,
+                init_method=config.init_method,
+                config=config,
+            )
+            if config.arch == "ngpt":
+                mark_normalized(self.word_embeddings.weight, 1)
+                normalize_matrix_(self.word_embeddings.weight.data, 1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.word_embeddings(tokens).transpose(0, 1).contiguous()
@@ -118,14 +140,17 @@ class TransformerLayerStage(MegatronModule):
 
     def __init__(self, config: LMTransformerConfig, layer_number: int, backend: str = "local"):
         super().__init__(config=config)
-        self.layer = build_module(layer_spec(config, backend), config=config,
-                                  layer_number=layer_number)
-        self.rotary = RotaryEmbedding(
-            kv_channels=config.kv_channels,
-            rotary_percent=1.0,
-            rotary_base=config.rotary_base,
-            use_cpu_initialization=True,
-        )
+        with init_rng(config, layer_number):
+            if backend == "te":
+                require_transformer_engine()
+            self.layer = build_module(layer_spec(config, backend), config=config,
+                                      layer_number=layer_number)
+            self.rotary = RotaryEmbedding(
+                kv_channels=config.kv_channels,
+                rotary_percent=1.0,
+                rotary_base=config.rotary_base,
+                use_cpu_initialization=True,
+            )
 
     def _layer(self, hidden: torch.Tensor) -> torch.Tensor:
         rotary = self.rotary(hidden.shape[0])
@@ -146,20 +171,24 @@ class OutputStage(MegatronModule):
     def __init__(self, config: LMTransformerConfig) -> None:
         super().__init__(config=config)
         is_ngpt = config.arch == "ngpt"
-        self.final_norm = (
-            None if is_ngpt
-            else WrappedTorchNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
-        )
-        linear = NormalizedColumnParallelLinear if is_ngpt else tensor_parallel.ColumnParallelLinear
-        self.output_layer = linear(
-            config.hidden_size, config.vocab_size, config=config, init_method=config.init_method,
-            bias=False, gather_output=False, skip_bias_add=False,
-        )
-        self.s_z = (
-            ScalingVector(config, config.vocab_size, init_value=1.0,
-                          init_scaling=1.0 / math.sqrt(config.hidden_size), tensor_parallel=True)
-            if is_ngpt else None
-        )
+        with init_rng(config, config.num_layers + 1):
+            self.final_norm = (
+                None if is_ngpt
+                else WrappedTorchNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
+            )
+            linear = (NormalizedColumnParallelLinear if is_ngpt
+                      else tensor_parallel.ColumnParallelLinear)
+            self.output_layer = linear(
+                config.hidden_size, config.vocab_size, config=config,
+                init_method=config.init_method, bias=False, gather_output=False,
+                skip_bias_add=False,
+            )
+            self.s_z = (
+                ScalingVector(config, config.vocab_size, init_value=1.0,
+                              init_scaling=1.0 / math.sqrt(config.hidden_size),
+                              tensor_parallel=True)
+                if is_ngpt else None
+            )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:

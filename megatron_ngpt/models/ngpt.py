@@ -18,7 +18,8 @@ from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from megatron_ngpt.models.attention import l2_normalize
+from megatron_ngpt.models.attention import compile_ngpt_ops
+from megatron_ngpt.models.fused import residual_update
 from megatron_ngpt.models.scaling import ScalingVector
 
 
@@ -43,8 +44,8 @@ class NGPTResidualUpdate(MegatronModule):
         x, bias = x_with_bias
         if bias is not None:
             x = x + bias
-        alpha = self.alpha().abs().to(residual.dtype)
-        return l2_normalize(residual + alpha * (l2_normalize(x) - residual))
+        compiled = compile_ngpt_ops(self.config)
+        return residual_update(residual, x, self.alpha(), use_compiled=compiled)
 
 
 class NGPTMLP(MLP):
@@ -59,7 +60,8 @@ class NGPTMLP(MLP):
         self.s_u = ScalingVector(config, ffn, 1.0, 1.0, tensor_parallel=True)
         self.s_v = ScalingVector(config, ffn, 1.0, 1.0, tensor_parallel=True)
         self.v_multiplier = math.sqrt(config.hidden_size)
-        self.u_multiplier = self.v_multiplier if getattr(config, "ngpt_scale_u_by_sqrt_d", False) else 1.0
+        scale_u = getattr(config, "ngpt_scale_u_by_sqrt_d", False)
+        self.u_multiplier = self.v_multiplier if scale_u else 1.0
 
     def forward(self, hidden_states: torch.Tensor, per_token_scale=None, **kwargs):
         fc1_out, _ = self.linear_fc1(hidden_states)

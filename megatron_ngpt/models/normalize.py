@@ -111,13 +111,14 @@ def normalize_fragments_(
     """
     if not fragments:
         return
-    dtype = torch.float64 if any(f.data.dtype == torch.float64 for f in fragments) else torch.float32
+    wide = any(f.data.dtype == torch.float64 for f in fragments)
+    dtype = torch.float64 if wide else torch.float32
     partials = [partial_sum_of_squares(f, dtype) for f in fragments]
     sums = torch.cat(partials)
     if group is not None and dist.get_world_size(group) > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     inv_norms = sums.clamp_min(torch.finfo(dtype).tiny).rsqrt()
-    for frag, inv in zip(fragments, inv_norms.split([p.numel() for p in partials])):
+    for frag, inv in zip(fragments, inv_norms.split([p.numel() for p in partials]), strict=True):
         scale_fragment_(frag, inv)
 
 

@@ -39,15 +39,17 @@ class ScalingVector(MegatronModule):
         tp = parallel_state.get_tensor_model_parallel_world_size() if tensor_parallel else 1
         if size % tp:
             raise ValueError(f"scaling vector of size {size} cannot be split over TP={tp}")
-        self.weight = torch.nn.Parameter(torch.full((size // tp,), init_scaling, dtype=torch.float32))
+        self.weight = torch.nn.Parameter(
+            torch.full((size // tp,), init_scaling, dtype=torch.float32))
         self.multiplier = init_value / init_scaling
         setattr(self.weight, SCALING_ATTR, True)
         if tensor_parallel:
             set_tensor_model_parallel_attributes(self.weight, is_parallel=True, dim=0, stride=1)
 
     def forward(self) -> torch.Tensor:
-        """The effective (local) scale, in float32."""
-        return self.weight.float() * self.multiplier
+        """The effective (local) scale, in float32 (float64 in a float64 model)."""
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        return self.weight.to(dtype) * self.multiplier
 
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
         state = self.state_dict(prefix="", keep_vars=True)

@@ -57,6 +57,7 @@ def init_distributed(tp: int = 1, pp: int = 1, device: str = "auto") -> Parallel
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))  # DeepSpeed asks for it
     if not dist.is_initialized():
         if world == 1:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -67,6 +68,11 @@ def init_distributed(tp: int = 1, pp: int = 1, device: str = "auto") -> Parallel
             backend="nccl" if dev.type == "cuda" else "gloo",
             init_method="env://", rank=rank, world_size=world,
         )
+    # DeepSpeed keeps its own handle on the (already started) default group.
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if dev.type == "cuda" else "gloo",
+                               verbose=False)
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % (tp * pp):
         raise ValueError(f"world size {world} is not divisible by TP x PP = {tp} x {pp}")

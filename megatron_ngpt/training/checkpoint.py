@@ -36,7 +36,7 @@ import yaml
 from megatron.core import parallel_state as ps
 
 from megatron_ngpt.config import Config, config_from_dict
-from megatron_ngpt.training.logging import get_logger
+from megatron_ngpt.log import get_logger
 from megatron_ngpt.training.reshard import gather_master_state, scatter_master_state
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -144,8 +144,8 @@ class Checkpointer:
         name = step_dir_name(step)
         tmp_parent = self.root / ".tmp"
         tmp = tmp_parent / name
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if rank == 0:  # leftovers of an interrupted save are never reused
+            shutil.rmtree(tmp_parent, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
         engine.save_checkpoint(str(tmp_parent), tag=name, save_latest=False)

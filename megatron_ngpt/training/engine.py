@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import deepspeed
 import torch
+from deepspeed.runtime.utils import clip_grad_norm_
 
 from megatron_ngpt.config import Config
 from megatron_ngpt.models.language_model import LanguageModel, LMTransformerConfig
@@ -45,11 +46,23 @@ def deepspeed_config(cfg: Config, dims: ParallelDims) -> dict:
         "wall_clock_breakdown": False,
         "bf16": {"enabled": t.precision == "bf16"},
     }
-    if t.precision == "bf16":
+    if t.precision == "bf16" and p.zero_stage == 1:
+        # DeepSpeed's BF16 optimizer: fp32 gradient accumulation and fp32 master partitions.
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     if dims.pp > 1:
         config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     return config
+
+
+def _record_fp32_grad_norm(engine) -> None:
+    """Without ZeRO or bf16 DeepSpeed clips fp32 gradients but drops their norm; keep it so
+    `get_global_grad_norm()` reports it like every other configuration."""
+    def clip_and_record():
+        engine._global_grad_norm = clip_grad_norm_(
+            parameters=engine.module.parameters(), max_norm=engine.gradient_clipping(),
+            mpu=engine.mpu)
+
+    engine.clip_fp32_gradients = clip_and_record
 
 
 def build_engine(cfg: Config, model_config: LMTransformerConfig, dims: ParallelDims,
@@ -77,6 +90,7 @@ def build_engine(cfg: Config, model_config: LMTransformerConfig, dims: ParallelD
     )
     if is_pipeline:
         check_rank_alignment(engine)
+    _record_fp32_grad_norm(engine)
     renormalization = (
         install_renormalization(ds_optimizer, module) if model_config.arch == "ngpt" else None
     )

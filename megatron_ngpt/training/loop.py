@@ -13,11 +13,11 @@ from megatron.core import parallel_state as ps
 
 from megatron_ngpt.config import Config
 from megatron_ngpt.data.sampler import MicroBatchLoader
+from megatron_ngpt.log import get_logger
 from megatron_ngpt.parallel.pipeline import language_model_name
 from megatron_ngpt.parallel.state import ParallelDims
 from megatron_ngpt.training.checkpoint import Checkpointer
 from megatron_ngpt.training.engine import Engine
-from megatron_ngpt.training.logging import get_logger
 from megatron_ngpt.training.metrics import MetricsLogger, Throughput, memory_gb
 
 PREEMPTED_EXIT_CODE = 3  # "checkpoint saved, please requeue" for the SLURM launcher

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_ngpt.config import Config
-from megatron_ngpt.training.logging import get_logger
+from megatron_ngpt.log import get_logger
 
 
 def flops_per_token(cfg: Config, vocab_size: int) -> float:

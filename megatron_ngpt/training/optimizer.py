@@ -3,7 +3,7 @@
 After every optimizer step the *master* weights must be re-normalized: normalizing only the bf16
 model copy is undone by the next step. Where the master lives depends on the ZeRO stage:
 
-- ZeRO-0 in fp32: the model parameters themselves;
+- ZeRO-0: the model parameters themselves in fp32; in bf16, whole fp32 copies of them;
 - ZeRO-1/2 and DeepSpeed's BF16 optimizer: flat fp32 partitions; each model parameter that overlaps
   this rank's partition carries ``_hp_mapping`` (its flat offset and a view of the master slice);
 - ZeRO-3: per-parameter partitions of ``ceil(numel / DP)`` elements, found via ``grad_position``.
@@ -22,7 +22,12 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
-from megatron_ngpt.models.normalize import Fragment, normalize_fragments_, normalized_dim
+from megatron_ngpt.models.normalize import (
+    Fragment,
+    matrix_fragment,
+    normalize_fragments_,
+    normalized_dim,
+)
 from megatron_ngpt.models.scaling import is_scaling_vector
 
 NORMALIZE_GROUP_KEY = "ngpt_normalize"
@@ -53,6 +58,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def _empty_like(param: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=torch.float32, device=param.device)
+
+
+def master_copies(engine_optimizer) -> dict[int, torch.Tensor]:
+    """ZeRO-0 in bf16: DeepSpeed keeps a whole fp32 copy of each parameter (by parameter id)."""
+    pairs = zip(getattr(engine_optimizer, "fp16_groups", []),
+                getattr(engine_optimizer, "fp32_groups", []), strict=False)
+    return {id(lp): hp for lp_group, hp_group in pairs
+            for lp, hp in zip(lp_group, hp_group, strict=True)}
 
 
 def _hp_fragment(param: torch.Tensor) -> Fragment:
@@ -86,11 +99,12 @@ def install_renormalization(engine_optimizer, model: torch.nn.Module) -> str:
     params = _normalized(model.parameters())
     base = getattr(engine_optimizer, "optimizer", engine_optimizer)
     use_hp = any(hasattr(p, "_hp_mapping") for p in params)
+    copies = master_copies(engine_optimizer)
 
     def fragments() -> list[Fragment]:
         if use_hp:
             return [_hp_fragment(p) for p in params]
-        return [Fragment(p.detach().view(-1), tuple(p.shape), normalized_dim(p), 0) for p in params]
+        return [matrix_fragment(copies.get(id(p), p), normalized_dim(p)) for p in params]
 
     step = base.step
 
@@ -103,7 +117,7 @@ def install_renormalization(engine_optimizer, model: torch.nn.Module) -> str:
         return result
 
     base.step = step_then_normalize
-    return "zero-partitions" if use_hp else "parameters"
+    return "zero-partitions" if use_hp else "fp32-copies" if copies else "parameters"
 
 
 def _install_zero3(optimizer) -> str:

@@ -7,7 +7,8 @@ the data- and tensor-parallel groups) and :func:`scatter_master_state` writes th
 engine: this rank's slice of each tensor goes into wherever its optimizer keeps it.
 
 Where the fp32 master of a parameter lives (see also `optimizer.py`):
-ZeRO-0 fp32: the parameter itself; ZeRO-1/2 and the BF16 optimizer: a fragment of a flat
+ZeRO-0: the parameter itself (fp32) or its whole fp32 copy (bf16); ZeRO-1/2 and the BF16
+optimizer: a fragment of a flat
 partition (``_hp_mapping``); ZeRO-3: a per-parameter slice found via ``grad_position``.
 """
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
+
+from megatron_ngpt.training.optimizer import master_copies
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -39,7 +42,7 @@ def _full_shape(param: torch.Tensor) -> tuple[int, ...]:
     return tuple(param.ds_shape) if hasattr(param, "ds_shape") else tuple(param.shape)
 
 
-def _slot(optimizer, param: torch.Tensor) -> _Slot | None:
+def _slot(optimizer, param: torch.Tensor, copies: dict[int, torch.Tensor]) -> _Slot | None:
     if hasattr(optimizer, "fp32_partitioned_groups_flat"):  # ZeRO-3
         group, offset, count = optimizer.grad_position[optimizer.get_param_id(param)]
         start = dist.get_rank(optimizer.dp_process_group) * count
@@ -53,7 +56,8 @@ def _slot(optimizer, param: torch.Tensor) -> _Slot | None:
             optimizer.fp32_groups_flat_partition
         return _Slot(flats[mapping.param_group_index], mapping.hp_fragment_address.start,
                      mapping.hp_fragment_address.numel, mapping.lp_fragment_address.start)
-    return _Slot(param, 0, param.numel(), 0)  # ZeRO-0 fp32: the parameter is the master
+    # ZeRO-0: the parameter is the master (fp32) or has a whole fp32 copy (bf16).
+    return _Slot(copies.get(id(param), param), 0, param.numel(), 0)
 
 
 def _dp_group(optimizer):
@@ -103,13 +107,14 @@ def gather_master_state(optimizer, named_params, with_moments: bool = True
     keyed ``"{name}/exp_avg"`` and ``"{name}/exp_avg_sq"``.
     """
     base, group = _base(optimizer), _dp_group(optimizer)
+    copies = master_copies(optimizer)
     keep = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0
     weights: dict[str, torch.Tensor] = {}
     moments: dict[str, torch.Tensor] = {}
     for name, param in named_params:
-        slot = _slot(optimizer, param)
+        slot = _slot(optimizer, param, copies)
         sources = {"": None, **({m: m for m in MOMENTS} if with_moments else {})}
-        for suffix, key in sources.items():
+        for key in sources.values():
             shape = _full_shape(param)
             flat = torch.zeros(int(torch.Size(shape).numel()), dtype=torch.float32,
                                device=param.device)
@@ -131,11 +136,12 @@ def scatter_master_state(optimizer, named_params, weights: dict[str, torch.Tenso
                          moments: dict[str, torch.Tensor], step: int) -> None:
     """Write full weights and moments into this engine's masters, moments and model copies."""
     base = _base(optimizer)
+    copies = master_copies(optimizer)
     for name, param in named_params:
         if name not in weights:
             raise KeyError(f"the checkpoint has no weights for parameter {name}")
         local = tensor_parallel_slice(weights[name], param).reshape(-1)
-        slot = _slot(optimizer, param)
+        slot = _slot(optimizer, param, copies)
         if slot is not None and slot.numel:
             owner = slot.owner
             slot.view(owner).copy_(local[slot.start : slot.start + slot.numel])

@@ -1,0 +1,1 @@
+"""Comparing runs: metrics loading, token-budget sweeps, the speedup estimate, plots, reports."""

@@ -1,0 +1,219 @@
+"""The end-to-end demo: data, tokenizer, a tiny nGPT and GPT-2 on the same tokens, export,
+lm-eval, and a report with the loss curves, the speedup estimate and the eval table.
+
+Every stage is one of the project's own command-line tools (the report lists them, so each step
+can be rerun by hand) and is skipped when it has already finished. Both models train on the same
+held-out-validated data with a mini token-budget sweep (each budget a complete cosine schedule),
+so the speedup estimate is the paper's method in miniature.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_ngpt.analysis.compare import LOSS_PLOT, SWEEP_PLOT, compare
+from megatron_ngpt.analysis.launch import describe, local_command, run_local
+from megatron_ngpt.analysis.report import markdown_table
+from megatron_ngpt.analysis.runs import load_run
+from megatron_ngpt.analysis.stages import Stage, StageRunner
+from megatron_ngpt.analysis.sweep import Sweep, plan_sweep, write_manifest
+from megatron_ngpt.analysis.tokens import format_tokens
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIGS = REPO / "configs" / "tiny"
+TASKS_DIR = REPO / "megatron_ngpt" / "eval" / "tasks"
+MODELS = ("ngpt", "gpt2")
+TOKENS_PER_STEP = 16 * 128  # the tiny configs: global batch 16 x sequence length 128
+
+
+@dataclass
+class DemoSettings:
+    out: Path
+    budgets: list[int]  # tokens per run; the largest is the headline comparison
+    vocab_size: int = 4096
+    nproc: int = 1
+    eval_interval: int = 20
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_limit: int | None = None
+    quick: bool = False
+
+    @classmethod
+    def default(cls, out: Path, quick: bool = False, nproc: int = 1,
+                tasks: list[str] | None = None) -> DemoSettings:
+        tasks = local_tasks() if tasks is None else tasks
+        if quick:  # a few steps per model: checks the plumbing, not the models
+            return cls(Path(out), [2 * TOKENS_PER_STEP, 4 * TOKENS_PER_STEP], 1024, nproc, 2,
+                       tasks, eval_limit=8, quick=True)
+        return cls(Path(out), [s * TOKENS_PER_STEP for s in (40, 80, 160)], 4096, nproc, 16,
+                   tasks)
+
+
+def local_tasks(tasks_dir: Path = TASKS_DIR) -> list[str]:
+    """Names of the lm-eval tasks shipped in the repository (no download needed)."""
+    names = []
+    for path in sorted(tasks_dir.glob("**/*.yaml")):
+        match = re.search(r"^task:\s*['\"]?([\w.-]+)", path.read_text(), re.MULTILINE)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+class Demo:
+    """The demo's files and stages for one output folder."""
+
+    def __init__(self, settings: DemoSettings) -> None:
+        self.s = settings
+        out = settings.out.resolve()
+        self.out, self.data = out, out / "data"
+        self.corpus, self.held_out = self.data / "corpus.jsonl", self.data / "heldout.jsonl"
+        self.tokenizer = self.data / "tokenizer.model"
+        self.train_prefix = self.data / "train_text_document"
+        self.valid_prefix = self.data / "valid_text_document"
+        self.report = out / "REPORT.md"
+        self.sweep = self._plan_sweep()
+
+    def _tool(self, name: str, *args: str | Path) -> list[str]:
+        return [sys.executable, str(REPO / "tools" / name), *map(str, args)]
+
+    def _plan_sweep(self) -> Sweep:
+        trainer_args = [
+            f"data.train_data_path={self.train_prefix}",
+            f"data.valid_data_path={self.valid_prefix}",
+            f"training.eval_interval={self.s.eval_interval}", "logging.log_interval=10",
+            "--tokenizer-model", str(self.tokenizer), "--device", "cpu", "--no-progress-bar"]
+        return plan_sweep(list(MODELS), self.s.budgets,
+                          {m: TINY_CONFIGS / f"{m}.yaml" for m in MODELS},
+                          self.out / "sweep", trainer_args)
+
+    def main_run(self, model: str) -> Path:
+        """The largest-budget run of `model`: the one plotted, exported and evaluated."""
+        run = max((r for r in self.sweep.runs if r.model == model), key=lambda r: r.budget)
+        return self.sweep.run_path(run)
+
+    def hf_dir(self, model: str) -> Path:
+        return self.out / "hf" / model
+
+    def eval_dir(self, model: str) -> Path:
+        return self.out / "eval" / model
+
+    def train_commands(self) -> list[str]:
+        return [describe(local_command(self.sweep, run, self.s.nproc)) for run in self.sweep.runs]
+
+    def _train(self) -> None:
+        write_manifest(self.sweep)
+        run_local(self.sweep, self.s.nproc)
+
+    def stages(self, write_report: Callable[[], None]) -> list[Stage]:
+        d = self
+        preprocess = ["--json-keys", "text", "--tokenizer-model", d.tokenizer, "--workers", "2"]
+        stages = [
+            Stage("corpus", [d.corpus, d.held_out], [d._tool(
+                "make_demo_corpus.py", "--output", d.corpus, "--held-out", d.held_out)]),
+            Stage("tokenizer", [d.tokenizer], [d._tool(
+                "train_tokenizer.py", "--input", d.corpus, "--vocab-size", str(d.s.vocab_size),
+                "--output-prefix", d.tokenizer.with_suffix(""))]),
+            Stage("preprocess", [d.train_prefix.with_suffix(".bin"),
+                                 d.valid_prefix.with_suffix(".bin")], [
+                d._tool("preprocess_data.py", "--input", d.corpus, *preprocess, "--output-prefix",
+                        d.data / "train", "--quiet"),
+                d._tool("preprocess_data.py", "--input", d.held_out, *preprocess,
+                        "--output-prefix", d.data / "valid", "--quiet")]),
+            Stage("train", [d.sweep.manifest_path, *(d.main_run(m) for m in MODELS)],
+                  action=d._train),
+            Stage("export", [d.hf_dir(m) / "config.json" for m in MODELS], [d._tool(
+                "checkpoint_to_hf.py", "--checkpoint", d.main_run(m), "--output", d.hf_dir(m),
+                "--dtype", "fp32", "--overwrite") for m in MODELS]),
+        ]
+        if d.s.eval_tasks:
+            limit = ["--limit", str(d.s.eval_limit)] if d.s.eval_limit else []
+            stages.append(Stage("eval", [d.eval_dir(m) / "results.json" for m in MODELS], [
+                d._tool("eval.py", "--model", d.hf_dir(m), "--tasks", ",".join(d.s.eval_tasks),
+                        "--include-path", TASKS_DIR, "--output", d.eval_dir(m), *limit)
+                for m in MODELS]))
+        stages.append(Stage("report", [d.report], action=write_report, always=True))
+        return stages
+
+
+def _readable(command: str) -> str:
+    """A command line as a person types it in the repository: `python`, relative paths."""
+    return command.replace(sys.executable, "python").replace(f"{REPO}/", "")
+
+
+def eval_markdown(result_files: dict[str, Path]) -> str:
+    """One row per task and metric, one column per model, from lm-eval's results.json files."""
+    scores: dict[tuple[str, str], dict[str, str]] = {}
+    for model, path in result_files.items():
+        if not path.is_file():
+            continue
+        for task, metrics in json.loads(path.read_text()).get("results", {}).items():
+            for key, value in metrics.items():  # "acc,none": metric "acc", filter "none"
+                name = key.split(",")[0]
+                if "," in key and isinstance(value, (int, float)) and not name.endswith("_stderr"):
+                    stderr = metrics.get(key.replace(name, f"{name}_stderr", 1))
+                    cell = f"{value:.4f}" + (f" ± {stderr:.4f}"
+                                             if isinstance(stderr, (int, float)) else "")
+                    scores.setdefault((task, name), {})[model] = cell
+    if not scores:
+        return "No evaluation results.\n"
+    models = list(result_files)
+    rows = [[task, metric, *(cells.get(m, "-") for m in models)]
+            for (task, metric), cells in sorted(scores.items())]
+    return markdown_table(["task", "metric", *models], rows)
+
+
+def write_report(demo: Demo, runner: StageRunner) -> Path:
+    """REPORT.md: setup, plots, final losses, speedup, eval table, commands, timings."""
+    s, out = demo.s, demo.out
+    main_runs = [demo.main_run(m) for m in MODELS]
+    comparison = compare(main_runs, out, demo.sweep.manifest_path if len(s.budgets) > 1 else None)
+    finals = []
+    for model, run_dir in zip(MODELS, main_runs, strict=True):
+        run = load_run(run_dir)
+        tokens, loss = run.final_val
+        speed = run.median_tokens_per_sec
+        finals.append([model, format_tokens(tokens), f"{loss:.4f}",
+                       f"{run.train.losses[-1]:.4f}" if run.train else "-",
+                       f"{speed:,.0f}" if speed else "-"])
+    budgets = ", ".join(format_tokens(b) for b in s.budgets)
+    lines = [
+        "# megatron-ngpt demo: tiny nGPT vs tiny GPT-2 on CPU", "",
+        ("**Quick mode**: a few steps per model, to check the pipeline; the numbers mean "
+         "nothing.\n" if s.quick else ""),
+        "Data: the Python documentation shipped with CPython (`tools/make_demo_corpus.py`), "
+        f"every 50th document held out for validation; SentencePiece BPE vocabulary "
+        f"{s.vocab_size}. Models: `configs/tiny/ngpt.yaml` and `configs/tiny/gpt2.yaml` "
+        "(4 layers, d 128, 4 heads, sequence 128, 16 sequences per step), fp32 on CPU, "
+        f"{s.nproc} process(es). Token budgets per model: {budgets}, each a complete run "
+        "with its own cosine schedule.", "",
+        "## Loss curves (largest budget)", "", f"![loss vs tokens]({LOSS_PLOT})", "",
+        "## Final validation loss (held-out data, largest budget)", "",
+        markdown_table(["model", "tokens", "val loss", "last train loss", "tokens/s"], finals),
+    ]
+    if len(s.budgets) > 1:
+        lines += [f"![final loss vs budget]({SWEEP_PLOT})", ""]
+    lines += [comparison.markdown or "No speedup estimate (missing runs).\n", "",
+              "## Downstream evaluation (lm-eval, local tasks)", ""]
+    if s.eval_tasks:
+        if s.eval_limit:
+            lines.append(f"Limited to {s.eval_limit} documents per task.\n")
+        lines.append(eval_markdown({m: demo.eval_dir(m) / "results.json" for m in MODELS}))
+    else:
+        lines.append(f"Skipped: no local lm-eval tasks under {TASKS_DIR.relative_to(REPO)}.\n")
+    lines += ["## Reproduce", "", "```", "python tools/demo.py --out " + str(out)
+              + (" --quick" if s.quick else ""), "", "# or stage by stage:"]
+    for stage in demo.stages(lambda: None):
+        lines += [_readable(shlex.join(map(str, cmd))) for cmd in stage.commands]
+        if stage.name == "train":
+            lines += [_readable(cmd) for cmd in demo.train_commands()]
+    lines += [f"python tools/plot_runs.py {shlex.join(map(str, main_runs))} --sweep "
+              f"{demo.sweep.root} --out {out}", "```", "", "## Stage timings", "",
+              markdown_table(["stage", "seconds"],
+                             [[k, f"{v:.0f}"] for k, v in runner.seconds.items()])]
+    demo.report.write_text("\n".join(lines))
+    return demo.report

@@ -1,0 +1,102 @@
+"""Starting the runs of a sweep: one after another on this machine, or as SLURM jobs.
+
+Locally every run is ``torchrun -m megatron_ngpt.train``; on SLURM every run is one
+``sbatch --wrap "bash slurm/launch.sh"`` whose job reads CONFIG, RUN_DIR, OVERRIDES and TRAIN_ARGS
+from the environment (DATA_PATH and TOKENIZER_MODEL pass through from the caller's environment).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from megatron_ngpt.analysis.runs import is_complete
+from megatron_ngpt.analysis.sweep import Sweep, SweepRun, split_trainer_args, write_manifest
+from megatron_ngpt.analysis.tokens import format_tokens
+
+SLURM_SCRIPT = Path(__file__).resolve().parents[2] / "slurm" / "launch.sh"
+
+
+class LaunchError(RuntimeError):
+    """A run failed to start or finished with an error; the message names the run."""
+
+
+def local_command(sweep: Sweep, run: SweepRun, nproc: int) -> list[str]:
+    overrides, flags = split_trainer_args(sweep.extra_args)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "megatron_ngpt.train",
+            "--config", run.config, *run.overrides, *overrides,
+            "--save", str(sweep.run_path(run)), *flags]
+
+
+def slurm_submission(sweep: Sweep, run: SweepRun,
+                     sbatch_args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The sbatch command and the environment variables slurm/launch.sh reads."""
+    run_dir = sweep.run_path(run)
+    overrides, flags = split_trainer_args(sweep.extra_args)
+    env = {"CONFIG": run.config, "RUN_DIR": str(run_dir),
+           "OVERRIDES": " ".join(run.overrides + overrides), "TRAIN_ARGS": shlex.join(flags)}
+    # --wrap, not the script itself: sbatch runs a spool copy of a script, from which
+    # launch.sh could not find the repository.
+    cmd = ["sbatch", "--parsable", f"--job-name=sweep-{run.run_dir}",
+           f"--output={run_dir}/slurm-%j.out", *sbatch_args,
+           f"--wrap=exec bash {shlex.quote(str(SLURM_SCRIPT))}"]
+    return cmd, env
+
+
+def describe(cmd: list[str], env: dict[str, str] | None = None) -> str:
+    """A shell line that does what `cmd` with `env` does (for --dry-run and reports)."""
+    assignments = [f"{key}={shlex.quote(value)}" for key, value in (env or {}).items()]
+    return " ".join(assignments + [shlex.join(cmd)])
+
+
+def run_local(sweep: Sweep, nproc: int = 1, dry_run: bool = False,
+              log: Callable[[str], None] = print) -> list[SweepRun]:
+    """Run every incomplete run in turn; returns the runs that were started."""
+    started = []
+    for i, run in enumerate(sweep.runs, 1):
+        head = f"[{i}/{len(sweep.runs)}] {run.model} {format_tokens(run.budget)} tokens"
+        cmd = local_command(sweep, run, nproc)
+        if dry_run:
+            log(describe(cmd))
+            continue
+        if is_complete(sweep.run_path(run), run.train_iters):
+            log(f"{head}: complete, skipped ({run.run_dir})")
+            continue
+        log(f"{head}: {run.train_iters} steps, warmup {run.warmup_steps} -> {run.run_dir}")
+        start = time.monotonic()
+        result = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if result.returncode != 0:
+            raise LaunchError(f"{head} failed with exit code {result.returncode}: {describe(cmd)}")
+        log(f"{head}: done in {time.monotonic() - start:.0f}s")
+        started.append(run)
+    return started
+
+
+def submit_slurm(sweep: Sweep, sbatch_args: list[str] | None = None, dry_run: bool = False,
+                 log: Callable[[str], None] = print) -> list[SweepRun]:
+    """Submit every incomplete run as a job and record job ids in the manifest."""
+    submitted = []
+    for run in sweep.runs:
+        cmd, env = slurm_submission(sweep, run, list(sbatch_args or []))
+        if dry_run:
+            log(describe(cmd, env))
+            continue
+        if is_complete(sweep.run_path(run), run.train_iters):
+            log(f"{run.run_dir}: complete, skipped")
+            continue
+        sweep.run_path(run).mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LaunchError(f"sbatch for {run.run_dir} failed ({result.returncode}): "
+                              f"{result.stderr.strip()}")
+        run.job_id = result.stdout.strip().split(";")[0]
+        write_manifest(sweep)
+        log(f"{run.run_dir}: submitted job {run.job_id}")
+        submitted.append(run)
+    return submitted

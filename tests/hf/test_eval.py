@@ -1,0 +1,69 @@
+"""lm-eval on an exported tiny model, through tools/eval.py and through the lm_eval CLI.
+
+The tasks in tests/hf/tasks are one multiple-choice task (arc_easy style) and one last-word
+loglikelihood task (lambada style) over local jsonl files; their paths are relative to the
+repository root, so lm-eval runs from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_ngpt.eval.harness import TASK_GROUPS, expand_tasks
+from tests.hf.conftest import REPO, load_tool
+
+TASKS = "tiny_choice,tiny_cloze"
+INCLUDE = "tests/hf/tasks"
+
+
+def test_seed_expands_to_the_five_paper_tasks():
+    assert expand_tasks("seed") == list(TASK_GROUPS["seed"])
+    assert expand_tasks("arc_easy, seed") == ["arc_easy", "hellaswag", "winogrande", "wsc273",
+                                              "lambada_openai"]
+    with pytest.raises(ValueError, match="no tasks"):
+        expand_tasks(" , ")
+
+
+def _check_results(results: dict) -> None:
+    assert 0.0 <= results["tiny_choice"]["acc,none"] <= 1.0
+    assert 0.0 <= results["tiny_choice"]["acc_norm,none"] <= 1.0
+    assert results["tiny_cloze"]["perplexity,none"] > 1.0
+    assert 0.0 <= results["tiny_cloze"]["acc,none"] <= 1.0
+
+
+def test_eval_tool_writes_results(exported, tmp_path, monkeypatch, capsys):
+    _, folder = exported("gpt2")
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "results"
+    code = load_tool("eval").main(["--model", str(folder), "--tasks", TASKS, "--include-path",
+                                   INCLUDE, "--limit", "4", "--output", str(out)])
+    assert code == 0
+    _check_results(json.loads((out / "results.json").read_text())["results"])
+    table = (out / "results.md").read_text()
+    assert all(word in table for word in ("tiny_choice", "tiny_cloze", "acc_norm", "perplexity"))
+    assert "Limited to 4 documents" in table
+    assert load_tool("eval").main(["--model", str(folder), "--tasks", "no_such_task",
+                                   "--output", str(out)]) == 1
+    assert "unknown lm-eval tasks: no_such_task" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_runs_exported_ngpt(exported, tmp_path):
+    _, folder = exported("ngpt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    subprocess.run(
+        [str(lm_eval), "--model", "hf", "--model_args",
+         f"pretrained={folder},trust_remote_code=True,dtype=float32", "--tasks", TASKS,
+         "--include_path", INCLUDE, "--limit", "4", "--device", "cpu", "--batch_size", "4",
+         "--output_path", str(tmp_path / "cli")],
+        check=True, cwd=REPO, env=env, capture_output=True,
+    )
+    (results_file,) = (tmp_path / "cli").rglob("results*.json")
+    _check_results(json.loads(results_file.read_text())["results"])

@@ -1,0 +1,102 @@
+"""An independent nanoGPT-style reference of nGPT and the GPT-2 baseline, in plain torch.
+
+Written from the shared math notes (`ngpt-math.md`), not from `megatron_ngpt.models`: weights are
+plain tensors in torch `Linear` layout ``[out, in]``, scaling vectors are the *effective* values,
+attention is an explicit masked softmax. RoPE is Hugging Face Llama's half-split `rotate_half`
+with base 10000 and its float32 angle table (cast to the activation dtype), which is what
+megatron-core computes too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RefConfig:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    rotary_base: int = 10000
+    norm: str = "RMSNorm"  # GPT-2 only
+    eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+def unit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return x / x.norm(dim=dim, keepdim=True)
+
+
+def rope_cos_sin(seq: int, head_dim: int, base: int, dtype: torch.dtype):
+    """HF Llama's table: float32 inverse frequencies and angles, [seq, head_dim] each."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    angles = torch.outer(torch.arange(seq, dtype=torch.float32), inv_freq)
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def attention(x: torch.Tensor, w: Weights, p: str, cfg: RefConfig, ngpt: bool) -> torch.Tensor:
+    """Causal multi-head self-attention on ``[b, s, d]``; returns ``x W_o^T``."""
+    b, s, _ = x.shape
+    heads = lambda t: t.view(b, s, cfg.num_heads, cfg.head_dim).transpose(1, 2)  # [b, H, s, dh]
+    q, k, v = (heads(x @ w[p + name].T) for name in ("wq", "wk", "wv"))
+    cos, sin = rope_cos_sin(s, cfg.head_dim, cfg.rotary_base, x.dtype)
+    q, k = (t * cos + rotate_half(t) * sin for t in (q, k))
+    if ngpt:
+        s_qk = w[p + "s_qk"].view(cfg.num_heads, 1, cfg.head_dim)
+        q, k = s_qk * unit(q), s_qk * unit(k)
+        scale = math.sqrt(cfg.head_dim)
+    else:
+        scale = 1.0 / math.sqrt(cfg.head_dim)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    probs = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+    out = (probs @ v).transpose(1, 2).reshape(b, s, -1)
+    return out @ w[p + "wo"].T
+
+
+def ngpt_forward(w: Weights, tokens: torch.Tensor, cfg: RefConfig) -> torch.Tensor:
+    """nGPT logits ``[b, s, V]`` (paper's MLP: only v is scaled by sqrt(d))."""
+    h = w["wte"][tokens]
+    for i in range(cfg.num_layers):
+        p = f"h{i}."
+        h_a = attention(h, w, p, cfg, ngpt=True)
+        h = unit(h + w[p + "alpha_a"].abs() * (unit(h_a) - h))
+        u = w[p + "s_u"] * (h @ w[p + "w_u"].T)
+        v = w[p + "s_v"] * (h @ w[p + "w_v"].T) * math.sqrt(cfg.hidden_size)
+        h_m = (u * F.silu(v)) @ w[p + "w_down"].T
+        h = unit(h + w[p + "alpha_m"].abs() * (unit(h_m) - h))
+    return w["s_z"] * (h @ w["w_lm"].T)
+
+
+def _norm(x: torch.Tensor, w: Weights, name: str, cfg: RefConfig) -> torch.Tensor:
+    if cfg.norm == "RMSNorm":
+        return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + cfg.eps) * w[name + ".weight"]
+    mean = x.mean(-1, keepdim=True)
+    var = (x - mean).square().mean(-1, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + cfg.eps) * w[name + ".weight"] + w[name + ".bias"]
+
+
+def gpt2_forward(w: Weights, tokens: torch.Tensor, cfg: RefConfig) -> torch.Tensor:
+    """Pre-norm GPT-2 with RoPE and a SwiGLU MLP, no linear biases, final norm, untied head."""
+    h = w["wte"][tokens]
+    for i in range(cfg.num_layers):
+        p = f"h{i}."
+        h = h + attention(_norm(h, w, p + "ln1", cfg), w, p, cfg, ngpt=False)
+        x = _norm(h, w, p + "ln2", cfg)
+        h = h + (F.silu(x @ w[p + "w_gate"].T) * (x @ w[p + "w_up"].T)) @ w[p + "w_down"].T
+    return _norm(h, w, "ln_f", cfg) @ w["w_lm"].T

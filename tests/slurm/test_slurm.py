@@ -1,0 +1,174 @@
+"""slurm/ngpt_0.5b_4k.sh submitted to a real one-node SLURM cluster (tests/slurm/start_cluster.sh),
+running the real trainer on 2 CPU tasks: a run to completion, and a preemption that checkpoints,
+requeues and resumes. Without slurmdbd the final job state comes from the jobcomp/filetxt log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+START = REPO / "tests/slurm/start_cluster.sh"
+JOBCOMP = Path("/var/spool/slurm-ngpt/jobcomp.txt")  # JobCompLoc in start_cluster.sh
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                "DEADLINE", "BOOT_FAIL"}
+UP_STATES = {"idle", "mixed", "allocated"}
+JOB_TIMEOUT = 900
+
+
+def _cannot_start(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"SLURM cluster did not start in CI: {reason}")
+    pytest.skip(f"no local SLURM cluster: {reason}")
+
+
+def _cluster_is_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return state.returncode == 0 and bool(UP_STATES & set(state.stdout.split()))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """Starts the cluster unless it is up (CI starts it with .ci/slurm_setup.sh); stops only a
+    cluster that it started."""
+    if _cluster_is_up():
+        yield
+        return
+    if os.geteuid() != 0:
+        _cannot_start("start_cluster.sh needs root")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        _cannot_start("slurm-wlm is not installed and there is no apt-get to install it")
+    started = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        _cannot_start(f"start_cluster.sh failed:\n{started.stdout[-2000:]}{started.stderr[-4000:]}")
+    yield
+    subprocess.run(["bash", str(START), "stop"], check=True, timeout=120)
+
+
+@dataclass
+class Job:
+    job_id: int
+    log: Path
+    run_dir: Path
+    jobcomp_offset: int  # records of this job start after this byte of JOBCOMP
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def records(self) -> list[dict[str, str]]:
+        """This job's jobcomp records: one per requeue (state PENDING), then the final one."""
+        if not JOBCOMP.exists():
+            return []
+        with JOBCOMP.open(errors="replace") as stream:
+            stream.seek(self.jobcomp_offset)
+            lines = stream.read().splitlines()
+        fields = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in lines]
+        return [f for f in fields if f.get("JobId") == str(self.job_id)]
+
+    def wait(self, timeout: float = JOB_TIMEOUT) -> dict[str, str]:
+        """The final jobcomp record, once the job has left the queue for good."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            final = [r for r in self.records() if r.get("JobState") in FINAL_STATES]
+            if final:
+                return final[-1]
+            time.sleep(2)
+        subprocess.run(["scancel", str(self.job_id)])
+        raise AssertionError(f"job {self.job_id} not finished after {timeout} s; log tail:\n"
+                             f"{self.output()[-6000:]}")
+
+    def restarts(self) -> int:
+        """Restart count from `scontrol show job` (kept MinJobAge seconds after the end)."""
+        shown = subprocess.run(["scontrol", "show", "job", str(self.job_id)],
+                               capture_output=True, text=True, check=True).stdout
+        return int(re.search(r"Restarts=(\d+)", shown).group(1))
+
+    def logged_steps(self) -> list[int]:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [row["step"] for row in rows if "loss" in row]
+
+
+@pytest.fixture
+def submit(cluster: None, tmp_path: Path, tiny_dataset_prefix: str,
+           sp_tokenizer_path: Path) -> Callable[[str], Job]:
+    """Submits slurm/ngpt_0.5b_4k.sh as the docs do, overriding its 8-GPU defaults for 2 CPU
+    tasks and pointing it at the tiny config and data."""
+
+    def _submit(train_args: str) -> Job:
+        run_dir, log = tmp_path / "run", tmp_path / "job.out"
+        env = {**os.environ, "CONFIG": "configs/tiny/ngpt.yaml",
+               "DATA_PATH": tiny_dataset_prefix, "TOKENIZER_MODEL": str(sp_tokenizer_path),
+               "RUN_DIR": str(run_dir), "OMP_NUM_THREADS": "1",
+               # no test split: the tiny corpus has too few documents for one
+               "OVERRIDES": "data.split=90,10,0",
+               "TRAIN_ARGS": f"--device cpu --global-batch-size 8 --micro-batch-size 4 "
+                             f"--log-interval 1 --eval-interval 0 {train_args}"}
+        offset = JOBCOMP.stat().st_size if JOBCOMP.exists() else 0
+        submitted = subprocess.run(
+            ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
+             "--cpus-per-task=1", "--time=20", f"--output={log}", "slurm/ngpt_0.5b_4k.sh"],
+            cwd=REPO, env=env, capture_output=True, text=True)
+        assert submitted.returncode == 0, submitted.stderr
+        return Job(int(submitted.stdout.strip().split(";")[0]), log, run_dir, offset)
+
+    return _submit
+
+
+def _latest_checkpoint_step(run_dir: Path) -> int:
+    root = run_dir / "checkpoints"
+    name = (root / "latest").read_text().strip()
+    assert (root / name).is_dir(), f"latest points at a missing checkpoint {name}"
+    return int(name.removeprefix("step_"))
+
+
+def test_batch_job_trains_to_completion(submit: Callable[[str], Job]) -> None:
+    job = submit("--train-iters 6 --save-interval 3")
+    final = job.wait()
+    output = job.output()
+    assert final["JobState"] == "COMPLETED", output[-6000:]
+    assert "2 tasks" in output and "DP=2" in output, output[-6000:]
+    assert job.logged_steps() == [1, 2, 3, 4, 5, 6]
+    assert _latest_checkpoint_step(job.run_dir) == 6
+
+
+def test_preempted_job_saves_requeues_and_resumes(submit: Callable[[str], Job]) -> None:
+    total = 40
+    job = submit(f"--train-iters {total} --save-interval 1000")
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not job.logged_steps():
+        assert time.monotonic() < deadline, job.output()[-6000:]
+        assert not job.records(), f"job ended before its first step:\n{job.output()[-6000:]}"
+        time.sleep(0.5)
+    # What SLURM sends --signal=USR1@180 before the time limit; it reaches the srun'd tasks.
+    subprocess.run(["scancel", "--signal=USR1", str(job.job_id)], check=True)
+    final = job.wait()
+    output = job.output()
+    assert final["JobState"] == "COMPLETED", output[-6000:]
+    assert "requeueing job" in output and "restart 1" in output, output[-6000:]
+    assert job.restarts() >= 1
+    requeued = [r for r in job.records() if r.get("JobState") == "PENDING"]
+    assert requeued and requeued[0]["DerivedExitCode"] == "3:0"  # exit 3: preempted, saved
+    resumed = re.search(r"resumed from .*\(step (\d+)", output)
+    assert resumed, output[-6000:]
+    step = int(resumed.group(1))
+    assert 0 < step < total
+    assert (job.run_dir / "checkpoints" / f"step_{step:07d}").is_dir()
+    # Every step trained and logged exactly once across the two starts.
+    assert job.logged_steps() == list(range(1, total + 1))
+    assert _latest_checkpoint_step(job.run_dir) == total

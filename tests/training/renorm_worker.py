@@ -1,0 +1,92 @@
+"""Worker: a few DeepSpeed steps of tiny nGPT, then check unit norms in master and model weights.
+
+Usage (under torchrun): renorm_worker.py ZERO_STAGE PRECISION PP
+Sizes and rank counts are chosen so that ZeRO partitions cut rows of normalized matrices
+(asserted): a vocabulary of 255 rows for ZeRO-3's halves, 3 data-parallel ranks for ZeRO-1/2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.utils import safe_get_full_fp32_param
+from megatron.core import parallel_state as ps
+
+from megatron_ngpt.config import load_config
+from megatron_ngpt.models.language_model import build_transformer_config
+from megatron_ngpt.models.normalize import normalized_dim
+from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
+from megatron_ngpt.training.engine import build_engine
+from megatron_ngpt.training.optimizer import master_copies
+
+VOCAB, SEQ, MBS = 255, 16, 2
+
+
+def split_rows(params) -> int:
+    """How many normalized matrices have a vector cut by this rank's partition boundary."""
+    cuts = 0
+    for p in params:
+        dim = normalized_dim(p)
+        row = (p.ds_shape if hasattr(p, "ds_shape") else p.shape)[1]
+        if hasattr(p, "ds_id"):
+            start = ps.get_data_parallel_rank() * p.partition_numel()
+            cuts += start % row != 0 or (dim == 0 and p.ds_numel > p.partition_numel())
+        elif getattr(p, "_hp_mapping", None) is not None:
+            a = p._hp_mapping.lp_fragment_address
+            cuts += a.start % row != 0 or (a.start + a.numel) % row != 0 or \
+                (dim == 0 and a.numel < p.numel())
+    return cuts
+
+
+def main() -> None:
+    zero, precision, pp = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    dp = int(os.environ["WORLD_SIZE"]) // pp
+    cfg = load_config("configs/tiny/ngpt.yaml", [
+        f"model.vocab_size={VOCAB}", "model.num_layers=2", "model.hidden_size=64",
+        "model.ffn_hidden_size=96", f"parallel.zero_stage={zero}",
+        f"training.precision={precision}",
+        f"training.micro_batch_size={MBS}", f"training.global_batch_size={MBS * dp * 2}",
+        "optimizer.lr=0.02",
+    ])
+    dims = init_distributed(1, pp, "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model_config = build_transformer_config(cfg.model, VOCAB, 1, pp, dtype)
+    eng = build_engine(cfg, model_config, dims, total_steps=10)
+    generator = torch.Generator().manual_seed(ps.get_data_parallel_rank())
+    for _ in range(3):
+        batches = [torch.randint(0, VOCAB, (MBS, SEQ + 1), generator=generator)
+                   for _ in range(eng.grad_accumulation)]
+        if eng.is_pipeline:
+            eng.engine.train_batch(iter([(b[:, :-1], (b[:, 1:], torch.ones(MBS, SEQ)))
+                                         for b in batches]))
+        else:
+            for b in batches:
+                eng.engine.backward(eng.engine(b[:, :-1], labels=b[:, 1:]))
+                eng.engine.step()
+    params = [p for p in eng.module.parameters() if normalized_dim(p) is not None]
+    copies = master_copies(eng.engine.optimizer)
+    cuts = torch.tensor([split_rows(params)])
+    dist.all_reduce(cuts)
+    assert zero == 0 or cuts.item() > 0, "no partition boundary cut a normalized vector"
+    for p in params:
+        dim = normalized_dim(p)
+        master = safe_get_full_fp32_param(p)
+        if master is None:  # ZeRO-0: the parameter (fp32) or its fp32 copy (bf16)
+            master = copies.get(id(p), p).detach()
+        err = (master.float().norm(dim=dim) - 1).abs().max().item()
+        assert err < 1e-5, f"master weight not unit-norm along dim {dim}: {err}"
+        with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
+            model_err = (p.detach().float().norm(dim=dim) - 1).abs().max().item()
+        tolerance = 1e-2 if precision == "bf16" else 1e-5
+        assert model_err < tolerance, f"model weight not unit-norm along dim {dim}: {model_err}"
+    if dist.get_rank() == 0:
+        print(f"OK {len(params)} matrices, {cuts.item()} cut vectors, path {eng.renormalization}")
+    shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Same data, same seed: every parallel layout gives the 1-rank losses (fp32, CPU, gloo)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.training.trainer_runs import assert_close, losses, train
+
+STEPS = 5
+LAYOUTS = {  # name: (ranks, flags)
+    "tp2": (2, ["--tensor-model-parallel-size", "2", "--zero-stage", "0"]),
+    "pp2": (2, ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
+    "dp2-zero1": (2, ["--zero-stage", "1"]),
+    "dp2-zero2": (2, ["--zero-stage", "2"]),
+    "dp2-zero3": (2, ["--zero-stage", "3"]),
+    "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                    "--zero-stage", "1"]),
+}
+
+
+@pytest.fixture(scope="module", params=["ngpt", "gpt2"])
+def reference(request, tmp_path_factory, tiny_dataset_prefix, sp_tokenizer_path):
+    arch = request.param
+    run_dir = tmp_path_factory.mktemp(f"{arch}-1rank")
+    train(1, run_dir, arch, tiny_dataset_prefix, sp_tokenizer_path, "--train-iters", str(STEPS),
+          "--zero-stage", "0")
+    return arch, losses(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layout_reproduces_single_rank_losses(layout, reference, tmp_path, tiny_dataset_prefix,
+                                              sp_tokenizer_path):
+    arch, expected = reference
+    ranks, flags = LAYOUTS[layout]
+    train(ranks, tmp_path, arch, tiny_dataset_prefix, sp_tokenizer_path,
+          "--train-iters", str(STEPS), *flags)
+    got = losses(tmp_path)
+    assert len(got) == STEPS
+    assert_close(got, expected, rel=1e-4)

@@ -1,0 +1,29 @@
+"""nGPT's matrices stay unit-norm in the fp32 masters and the model copies under every ZeRO stage,
+including vectors that a ZeRO partition boundary splits between ranks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.launch import torchrun
+
+CASES = {  # name: (ranks, zero stage, precision, pipeline stages)
+    "zero0-bf16": (2, 0, "bf16", 1),
+    "zero1-fp32": (3, 1, "fp32", 1),
+    "zero1-bf16": (3, 1, "bf16", 1),
+    "zero2-fp32": (3, 2, "fp32", 1),
+    "zero2-bf16": (3, 2, "bf16", 1),
+    "zero3-fp32": (2, 3, "fp32", 1),
+    "zero3-bf16": (2, 3, "bf16", 1),
+    "pp2-dp2-zero1": (4, 1, "fp32", 2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_master_and_model_weights_stay_unit_norm(case):
+    ranks, zero, precision, pp = CASES[case]
+    proc = torchrun(ranks, "tests/training/renorm_worker.py", str(zero), precision, str(pp))
+    assert "OK" in proc.stdout
+    if zero > 0:
+        assert " 0 cut vectors" not in proc.stdout
