@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from megatron_ngpt.config import Config, ConfigError, load_config, padded_vocab_size
 
@@ -85,7 +86,10 @@ def model_vocab_size(cfg: Config) -> int:
 
 
 def summarize(cfg: Config) -> str:
-    """Build the model of `cfg` on the meta device and return its parameter table."""
+    """Build the model of `cfg` on the meta device and return its parameter table.
+
+    Starts (and ends) its own one-process torch.distributed world: call it where none runs.
+    """
     # Not news for a parameter count: megatron's notes about missing TE/Apex and deprecations,
     # and its per-layer warning that it does not know the nGPT MLP class.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
@@ -94,6 +98,9 @@ def summarize(cfg: Config) -> str:
     from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
 
     vocab = model_vocab_size(cfg)
+    # A private one-process world: no port, and no rendezvous with the ranks of a torchrun or
+    # SLURM job whose variables the calling shell may carry.
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     init_distributed(1, 1, "cpu")
     try:
         with torch.device("meta"):

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from megatron_ngpt.analysis.demo import Demo, DemoSettings, write_report
+from megatron_ngpt.analysis.demo import TASKS_DIR, Demo, DemoSettings, write_report
 from megatron_ngpt.analysis.launch import LaunchError
 from megatron_ngpt.analysis.stages import StageError, StageRunner
 from megatron_ngpt.analysis.tokens import parse_token_list
@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=1, help="training processes (gloo ranks)")
     parser.add_argument("--budgets", type=parse_token_list,
                         help="token budgets per model (default: 3 budgets, 80K to 330K)")
-    parser.add_argument("--tasks", help="comma-separated lm-eval tasks (default: the local ones)")
+    parser.add_argument("--tasks", help="comma-separated lm-eval tasks (default: all in "
+                                         "--tasks-dir)")
+    parser.add_argument("--tasks-dir", type=Path, default=TASKS_DIR,
+                        help="folder of lm-eval task YAMLs (default: megatron_ngpt/eval/tasks)")
     args = parser.parse_args(argv)
     settings = DemoSettings.default(args.out, args.quick, args.nproc,
-                                    args.tasks.split(",") if args.tasks else None)
+                                    args.tasks.split(",") if args.tasks else None,
+                                    args.tasks_dir.resolve())
     if args.budgets:
         settings.budgets = args.budgets
     # One thread per process: on 2 shared cores, 2 OpenMP threads made training 10-20x slower.

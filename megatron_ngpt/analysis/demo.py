@@ -40,18 +40,19 @@ class DemoSettings:
     nproc: int = 1
     eval_interval: int = 20
     eval_tasks: list[str] = field(default_factory=list)
+    tasks_dir: Path = TASKS_DIR  # lm-eval task YAMLs (--include-path)
     eval_limit: int | None = None
     quick: bool = False
 
     @classmethod
     def default(cls, out: Path, quick: bool = False, nproc: int = 1,
-                tasks: list[str] | None = None) -> DemoSettings:
-        tasks = local_tasks() if tasks is None else tasks
+                tasks: list[str] | None = None, tasks_dir: Path = TASKS_DIR) -> DemoSettings:
+        tasks = local_tasks(tasks_dir) if tasks is None else tasks
         if quick:  # a few steps per model: checks the plumbing, not the models
             return cls(Path(out), [2 * TOKENS_PER_STEP, 4 * TOKENS_PER_STEP], 1024, nproc, 2,
-                       tasks, eval_limit=8, quick=True)
+                       tasks, tasks_dir, eval_limit=8, quick=True)
         return cls(Path(out), [s * TOKENS_PER_STEP for s in (40, 80, 160)], 4096, nproc, 16,
-                   tasks)
+                   tasks, tasks_dir)
 
 
 def local_tasks(tasks_dir: Path = TASKS_DIR) -> list[str]:
@@ -134,7 +135,7 @@ class Demo:
             limit = ["--limit", str(d.s.eval_limit)] if d.s.eval_limit else []
             stages.append(Stage("eval", [d.eval_dir(m) / "results.json" for m in MODELS], [
                 d._tool("eval.py", "--model", d.hf_dir(m), "--tasks", ",".join(d.s.eval_tasks),
-                        "--include-path", TASKS_DIR, "--output", d.eval_dir(m), *limit)
+                        "--include-path", d.s.tasks_dir, "--output", d.eval_dir(m), *limit)
                 for m in MODELS]))
         stages.append(Stage("report", [d.report], action=write_report, always=True))
         return stages
@@ -181,10 +182,11 @@ def write_report(demo: Demo, runner: StageRunner) -> Path:
                        f"{run.train.losses[-1]:.4f}" if run.train else "-",
                        f"{speed:,.0f}" if speed else "-"])
     budgets = ", ".join(format_tokens(b) for b in s.budgets)
-    lines = [
-        "# megatron-ngpt demo: tiny nGPT vs tiny GPT-2 on CPU", "",
-        ("**Quick mode**: a few steps per model, to check the pipeline; the numbers mean "
-         "nothing.\n" if s.quick else ""),
+    lines = ["# megatron-ngpt demo: tiny nGPT vs tiny GPT-2 on CPU", ""]
+    if s.quick:
+        lines.append("**Quick mode**: a few steps per model, to check the pipeline; the numbers "
+                     "mean nothing.\n")
+    lines += [
         "Data: the Python documentation shipped with CPython (`tools/make_demo_corpus.py`), "
         f"every 50th document held out for validation; SentencePiece BPE vocabulary "
         f"{s.vocab_size}. Models: `configs/tiny/ngpt.yaml` and `configs/tiny/gpt2.yaml` "
@@ -204,7 +206,7 @@ def write_report(demo: Demo, runner: StageRunner) -> Path:
             lines.append(f"Limited to {s.eval_limit} documents per task.\n")
         lines.append(eval_markdown({m: demo.eval_dir(m) / "results.json" for m in MODELS}))
     else:
-        lines.append(f"Skipped: no local lm-eval tasks under {TASKS_DIR.relative_to(REPO)}.\n")
+        lines.append(f"Skipped: no lm-eval task YAMLs under {s.tasks_dir}.\n")
     lines += ["## Reproduce", "", "```", "python tools/demo.py --out " + str(out)
               + (" --quick" if s.quick else ""), "", "# or stage by stage:"]
     for stage in demo.stages(lambda: None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,8 +24,10 @@ EXPECTED = {
 
 
 def run_summary(*args: str) -> subprocess.CompletedProcess:
+    """The CLI, from a shell that carries a multi-rank job's variables (it must ignore them)."""
+    job = {"WORLD_SIZE": "4", "RANK": "1", "SLURM_NTASKS": "8", "MASTER_PORT": "1"}
     return subprocess.run([sys.executable, "-m", "megatron_ngpt.summary", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **job})
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "ngpt"])
