@@ -164,6 +164,9 @@ def bench_model(arch: str, impl: str, args: argparse.Namespace,
     if device.type == "cuda":
         tensor_parallel.model_parallel_cuda_manual_seed(cfg.training.seed)
     model = LanguageModel(config, backend_for(cfg.model)).to(device).train()
+    if args.compile_layers:
+        for layer in model.layers:
+            layer.compile()
     optimizer = MasterWeightAdamW(model, cfg, fused=device.type == "cuda")
     n_matmul = matmul_param_count(model)
     results = []
@@ -232,6 +235,7 @@ def describe_run(args: argparse.Namespace, device: torch.device) -> str:
         f"{name}, torch {torch.__version__}; {precision}; "
         f"compiled nGPT ops: {'on' if args.compile_fused else 'off'}; "
         f"activation checkpointing: {'on' if args.activation_checkpointing else 'off'}; "
+        f"compiled layers: {'on' if args.compile_layers else 'off'}; "
         f"{args.warmup} warmup + {args.steps} timed steps; MFU vs {args.peak_tflops:g} TFLOP/s"
     )
 
@@ -285,6 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-fused", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile nGPT's normalizations (CUDA only)")
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="torch.compile every transformer layer (CUDA)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                         help="parameter dtype (default bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--peak-tflops", type=float, default=989.0,

@@ -2,7 +2,7 @@
 
     python tools/eval.py --model exports/ngpt --tasks seed --output eval/ngpt
     python tools/eval.py --model exports/ngpt --tasks tiny_choice,tiny_cloze \
-        --include-path tests/hf/tasks --limit 8
+        --include-path megatron_ngpt/eval/tasks --limit 8
 
 "seed" is hellaswag, arc_easy, winogrande, wsc273 and lambada_openai; any lm-eval task, group or
 tag works. Writes results.json and results.md into --output (default: <model>/eval).

@@ -1,6 +1,6 @@
 """lm-eval on an exported tiny model, through tools/eval.py and through the lm_eval CLI.
 
-The tasks in tests/hf/tasks are one multiple-choice task (arc_easy style) and one last-word
+The tasks in megatron_ngpt/eval/tasks are one multiple-choice task (arc_easy style) and one last-word
 loglikelihood task (lambada style) over local jsonl files; their paths are relative to the
 repository root, so lm-eval runs from there.
 """
@@ -19,7 +19,7 @@ from megatron_ngpt.eval.harness import TASK_GROUPS, expand_tasks
 from tests.hf.conftest import REPO, load_tool
 
 TASKS = "tiny_choice,tiny_cloze"
-INCLUDE = "tests/hf/tasks"
+INCLUDE = "megatron_ngpt/eval/tasks"
 
 
 def test_seed_expands_to_the_five_paper_tasks():
