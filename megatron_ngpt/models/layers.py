@@ -14,23 +14,25 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
 
 
-class NormalizedColumnParallelLinear(ColumnParallelLinear):
+class UnitNormWeight:
+    """Mixin for a linear layer: after its own init, mark and normalize its weight along
+    `norm_dim` (used by the local layers here and the Transformer Engine ones)."""
+
+    norm_dim: int
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        mark_normalized(self.weight, self.norm_dim)
+        normalize_matrix_(self.weight.data, self.norm_dim)
+
+
+class NormalizedColumnParallelLinear(UnitNormWeight, ColumnParallelLinear):
     """`ColumnParallelLinear` with unit-norm rows (W_q/k/v, W_u/v, the LM head)."""
 
     norm_dim = 1
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        mark_normalized(self.weight, self.norm_dim)
-        normalize_matrix_(self.weight.data, self.norm_dim)
 
-
-class NormalizedRowParallelLinear(RowParallelLinear):
+class NormalizedRowParallelLinear(UnitNormWeight, RowParallelLinear):
     """`RowParallelLinear` with unit-norm columns (W_o, W_down)."""
 
     norm_dim = 0
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        mark_normalized(self.weight, self.norm_dim)
-        normalize_matrix_(self.weight.data, self.norm_dim)

@@ -17,27 +17,16 @@ from megatron.core.utils import is_te_min_version
 
 from megatron_ngpt.models.attention import compile_ngpt_ops, qk_scaling_vector
 from megatron_ngpt.models.fused import normalize_qk
-from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
+from megatron_ngpt.models.layers import UnitNormWeight
 
 
-class _UnitNormWeight:
-    """Mixin: after the linear's own init, mark and normalize its weight along `norm_dim`."""
-
-    norm_dim: int
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        mark_normalized(self.weight, self.norm_dim)
-        normalize_matrix_(self.weight.data, self.norm_dim)
-
-
-class NormalizedTEColumnParallelLinear(_UnitNormWeight, TEColumnParallelLinear):
+class NormalizedTEColumnParallelLinear(UnitNormWeight, TEColumnParallelLinear):
     """`TEColumnParallelLinear` with unit-norm rows (W_q/k/v, W_u/v)."""
 
     norm_dim = 1
 
 
-class NormalizedTERowParallelLinear(_UnitNormWeight, TERowParallelLinear):
+class NormalizedTERowParallelLinear(UnitNormWeight, TERowParallelLinear):
     """`TERowParallelLinear` with unit-norm columns (W_o, W_down)."""
 
     norm_dim = 0
