@@ -7,7 +7,6 @@ the order of DeepSpeed's `PipeModelDataParallelTopology`.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +34,6 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def select_device(requested: str = "auto") -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("training.device=cuda but CUDA is not available on this machine")
@@ -57,17 +50,15 @@ def init_distributed(tp: int = 1, pp: int = 1, device: str = "auto") -> Parallel
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
-    os.environ.setdefault("LOCAL_RANK", str(local_rank))  # DeepSpeed asks for it
     if not dist.is_initialized():
-        if world == 1:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(
-            backend="nccl" if dev.type == "cuda" else "gloo",
-            init_method="env://", rank=rank, world_size=world,
-        )
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if world == 1 and "MASTER_ADDR" not in os.environ:
+            # A lone process needs no rendezvous, and leaves no variables for its children.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
     # DeepSpeed keeps its own handle on the (already started) default group.
     import deepspeed
 

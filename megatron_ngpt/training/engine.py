@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import deepspeed
@@ -80,6 +81,7 @@ def build_engine(cfg: Config, model_config: LMTransformerConfig, dims: ParallelD
         eps=opt.eps, foreach=dims.device.type == "cuda",
     )
     schedule = lr_multiplier(opt, total_steps)
+    os.environ.setdefault("LOCAL_RANK", str(dims.local_rank))  # DeepSpeed insists on it
     engine, ds_optimizer, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.launch import DIST_VARIABLES
+
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -16,7 +18,8 @@ def run_demo(out: Path) -> str:
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "demo.py"), "--quick", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+        env={**{k: v for k, v in os.environ.items() if k not in DIST_VARIABLES},
+             "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
 

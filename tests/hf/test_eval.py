@@ -1,8 +1,8 @@
 """lm-eval on an exported tiny model, through tools/eval.py and through the lm_eval CLI.
 
-The tasks in megatron_ngpt/eval/tasks are one multiple-choice task (arc_easy style) and one last-word
-loglikelihood task (lambada style) over local jsonl files; their paths are relative to the
-repository root, so lm-eval runs from there.
+The tasks in megatron_ngpt/eval/tasks are one multiple-choice task (arc_easy style) and one
+last-word loglikelihood task (lambada style) over local jsonl files; their paths are relative to
+the repository root, so lm-eval runs from there.
 """
 
 from __future__ import annotations
