@@ -7,6 +7,7 @@ Everything else (QKV, RoPE, output projection, the layer's control flow) is mega
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import torch
@@ -21,6 +22,17 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 from megatron_ngpt.models.attention import compile_ngpt_ops
 from megatron_ngpt.models.fused import residual_update
 from megatron_ngpt.models.scaling import ScalingVector
+
+
+class _NGPTMLPIsKnown(logging.Filter):
+    """megatron's `TransformerLayer` warns once per layer about any MLP class other than its own;
+    `NGPTMLP` is an `MLP` and takes the default (megatron-core's) process groups."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unknown MLP type")
+
+
+logging.getLogger("megatron.core.transformer.transformer_layer").addFilter(_NGPTMLPIsKnown())
 
 
 class NGPTResidualUpdate(MegatronModule):
