@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
 from megatron.core.transformer.identity_op import IdentityFuncOp
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.module import MegatronModule
@@ -26,7 +27,7 @@ from megatron_ngpt.models.scaling import ScalingVector
 
 class _NGPTMLPIsKnown(logging.Filter):
     """megatron's `TransformerLayer` warns once per layer about any MLP class other than its own;
-    `NGPTMLP` is an `MLP` and takes the default (megatron-core's) process groups."""
+    `NGPTMLP` is an `MLP` and fills in megatron-core's tensor-parallel group itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Unknown MLP type")
@@ -67,6 +68,10 @@ class NGPTMLP(MLP):
     """
 
     def __init__(self, config: TransformerConfig, submodules, **kwargs) -> None:
+        # megatron passes its TP group only to its own MLP class; without it every forward
+        # warns (and breaks torch.compile graphs), so take megatron-core's group here.
+        kwargs.setdefault("tp_group",
+                          parallel_state.get_tensor_model_parallel_group(check_initialized=False))
         super().__init__(config, submodules, **kwargs)
         ffn = config.ffn_hidden_size
         self.s_u = ScalingVector(config, ffn, 1.0, 1.0, tensor_parallel=True)
