@@ -23,7 +23,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,9 +165,6 @@ def bench_model(arch: str, impl: str, args: argparse.Namespace,
         tensor_parallel.model_parallel_cuda_manual_seed(cfg.training.seed)
     model = LanguageModel(config, backend_for(cfg.model)).to(device).train()
     if args.compile_layers:
-        # megatron-core's RowParallelLinear warns on every forward (tp_group=None); let dynamo
-        # move the warning out of the graph instead of breaking the graph there.
-        torch._dynamo.config.reorderable_logging_functions.add(warnings.warn)
         for layer in model.layers:
             layer.compile()
     optimizer = MasterWeightAdamW(model, cfg, fused=device.type == "cuda")
