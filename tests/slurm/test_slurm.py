@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.launch import DIST_VARIABLES
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +114,8 @@ def submit(cluster: None, tmp_path: Path, tiny_dataset_prefix: str,
 
     def _submit(train_args: str) -> Job:
         run_dir, log = tmp_path / "run", tmp_path / "job.out"
-        env = {**os.environ, "CONFIG": "configs/tiny/ngpt.yaml",
+        env = {**{k: v for k, v in os.environ.items() if k not in DIST_VARIABLES},
+               "CONFIG": "configs/tiny/ngpt.yaml",
                "DATA_PATH": tiny_dataset_prefix, "TOKENIZER_MODEL": str(sp_tokenizer_path),
                "RUN_DIR": str(run_dir), "OMP_NUM_THREADS": "1",
                # no test split: the tiny corpus has too few documents for one
