@@ -9,11 +9,10 @@ multiplies the activations. The matrices are copied as they are (already unit-no
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from megatron_ngpt.config import ModelConfig
+from megatron_ngpt.models.scaling import scaling_multiplier
 
 Tensor = torch.Tensor
 
@@ -22,21 +21,21 @@ class StateDictError(ValueError):
     """The state dict is not a TP=1 `LanguageModel` state dict of the configured shape."""
 
 
-def ngpt_scale_multipliers(model: ModelConfig) -> dict[str, float]:
-    """stored -> effective factor (``init_value / init_scaling``) per `LanguageModel` name suffix.
+# LanguageModel name suffix -> kind of scaling vector (see `models/scaling.py`).
+_NGPT_SCALE_KINDS = {
+    "self_attention.core_attention.s_qk.weight": "s_qk",
+    "self_attn_bda.alpha.weight": "alpha",
+    "mlp.s_u.weight": "s_uv",
+    "mlp.s_v.weight": "s_uv",
+    "mlp_bda.alpha.weight": "alpha",
+    "head.s_z.weight": "s_z",
+}
 
-    These mirror the `ScalingVector` constructions in models/attention.py, ngpt.py and
-    language_model.py; a test checks them against a built model.
-    """
-    sqrt_d = math.sqrt(model.hidden_size)
-    return {
-        "self_attention.core_attention.s_qk.weight": 1.0 * sqrt_d,
-        "self_attn_bda.alpha.weight": 0.05 * sqrt_d,
-        "mlp.s_u.weight": 1.0,
-        "mlp.s_v.weight": 1.0,
-        "mlp_bda.alpha.weight": 0.05 * sqrt_d,
-        "head.s_z.weight": 1.0 * sqrt_d,
-    }
+
+def ngpt_scale_multipliers(model: ModelConfig) -> dict[str, float]:
+    """stored -> effective factor (``init_value / init_scaling``) per LanguageModel name suffix."""
+    return {name: scaling_multiplier(kind, model.hidden_size)
+            for name, kind in _NGPT_SCALE_KINDS.items()}
 
 
 # LanguageModel layer suffix -> NGPTForCausalLM layer suffix, for the scaling vectors.

@@ -69,8 +69,7 @@ def qk_scaling_vector(config: TransformerConfig) -> ScalingVector:
     return ScalingVector(
         config,
         config.num_attention_heads * config.kv_channels,
-        init_value=1.0,
-        init_scaling=1.0 / math.sqrt(config.hidden_size),
+        kind="s_qk",
         tensor_parallel=True,
     )
 

@@ -184,9 +184,7 @@ class OutputStage(MegatronModule):
                 skip_bias_add=False,
             )
             self.s_z = (
-                ScalingVector(config, config.vocab_size, init_value=1.0,
-                              init_scaling=1.0 / math.sqrt(config.hidden_size),
-                              tensor_parallel=True)
+                ScalingVector(config, config.vocab_size, kind="s_z", tensor_parallel=True)
                 if is_ngpt else None
             )
 

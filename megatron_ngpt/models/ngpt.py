@@ -45,10 +45,8 @@ class NGPTResidualUpdate(MegatronModule):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config=config)
-        self.alpha = ScalingVector(
-            config, config.hidden_size, init_value=0.05,
-            init_scaling=1.0 / math.sqrt(config.hidden_size), tensor_parallel=False,
-        )
+        self.alpha = ScalingVector(config, config.hidden_size, kind="alpha",
+                                   tensor_parallel=False)
 
     def forward(self, training: bool, fused: bool):
         return self.update
@@ -74,8 +72,8 @@ class NGPTMLP(MLP):
                           parallel_state.get_tensor_model_parallel_group(check_initialized=False))
         super().__init__(config, submodules, **kwargs)
         ffn = config.ffn_hidden_size
-        self.s_u = ScalingVector(config, ffn, 1.0, 1.0, tensor_parallel=True)
-        self.s_v = ScalingVector(config, ffn, 1.0, 1.0, tensor_parallel=True)
+        self.s_u = ScalingVector(config, ffn, kind="s_uv", tensor_parallel=True)
+        self.s_v = ScalingVector(config, ffn, kind="s_uv", tensor_parallel=True)
         self.v_multiplier = math.sqrt(config.hidden_size)
         scale_u = getattr(config, "ngpt_scale_u_by_sqrt_d", False)
         self.u_multiplier = self.v_multiplier if scale_u else 1.0

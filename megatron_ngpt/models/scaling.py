@@ -9,6 +9,8 @@ knows their axis.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
@@ -23,6 +25,27 @@ def is_scaling_vector(param: torch.Tensor) -> bool:
     return getattr(param, SCALING_ATTR, False)
 
 
+# The nGPT math notes' table: kind -> (init_value, whether init_scaling is 1/sqrt(d) or 1).
+SCALING_INITS: dict[str, tuple[float, bool]] = {
+    "alpha": (0.05, True),  # alpha_A, alpha_M
+    "s_qk": (1.0, True),
+    "s_uv": (1.0, False),  # s_u, s_v
+    "s_z": (1.0, True),
+}
+
+
+def scaling_init(kind: str, hidden_size: int) -> tuple[float, float]:
+    """(init_value, init_scaling) of a scaling vector of this kind."""
+    value, by_sqrt_d = SCALING_INITS[kind]
+    return value, 1.0 / math.sqrt(hidden_size) if by_sqrt_d else 1.0
+
+
+def scaling_multiplier(kind: str, hidden_size: int) -> float:
+    """stored -> effective factor, ``init_value / init_scaling``."""
+    value, scaling = scaling_init(kind, hidden_size)
+    return value / scaling
+
+
 class ScalingVector(MegatronModule):
     """A learnable per-dimension scale with nGPT's stored-vs-effective parametrization."""
 
@@ -30,11 +53,11 @@ class ScalingVector(MegatronModule):
         self,
         config: TransformerConfig,
         size: int,
-        init_value: float,
-        init_scaling: float,
+        kind: str,
         tensor_parallel: bool,
     ) -> None:
         super().__init__(config=config)
+        init_value, init_scaling = scaling_init(kind, config.hidden_size)
         self.tensor_parallel = tensor_parallel
         tp = parallel_state.get_tensor_model_parallel_world_size() if tensor_parallel else 1
         if size % tp:
