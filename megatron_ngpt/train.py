@@ -53,7 +53,7 @@ FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
-def parse_args(argv: list[str]) -> tuple[Config, argparse.Namespace]:
+def parse_args(argv: list[str]) -> Config:
     parser = argparse.ArgumentParser(prog="python -m megatron_ngpt.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
@@ -75,7 +75,7 @@ def parse_args(argv: list[str]) -> tuple[Config, argparse.Namespace]:
         cfg.parallel.activation_checkpointing = True
     if args.no_progress_bar:
         cfg.logging.progress_bar = False
-    return cfg.validate(), args
+    return cfg.validate()
 
 
 def total_steps(cfg: Config) -> int:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log = get_logger()
     try:
-        cfg, _ = parse_args(sys.argv[1:] if argv is None else argv)
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
         steps = total_steps(cfg)
         if not cfg.training.save:
             raise ConfigError("training.save: set the run directory (--save RUN_DIR)")
