@@ -115,6 +115,7 @@ def load_model_config(arch: str, seq: int, args: argparse.Namespace) -> Config:
         f"data.seq_length={seq}",
         f"model.transformer_impl={'transformer_engine' if args.impl == 'te' else 'local'}",
         f"model.compile_ngpt_ops={str(args.compile_fused).lower()}",
+        f"model.compile_layers={str(args.compile_layers).lower()}",
     ]
     if args.tiny:
         overrides.append(f"model.vocab_size={TINY_VOCAB}")
@@ -164,9 +165,6 @@ def bench_model(arch: str, impl: str, args: argparse.Namespace,
     if device.type == "cuda":
         tensor_parallel.model_parallel_cuda_manual_seed(cfg.training.seed)
     model = LanguageModel(config, backend_for(cfg.model)).to(device).train()
-    if args.compile_layers:
-        for layer in model.layers:
-            layer.compile()
     optimizer = MasterWeightAdamW(model, cfg, fused=device.type == "cuda")
     n_matmul = matmul_param_count(model)
     results = []

@@ -5,7 +5,7 @@
    Skipped with the reason when Transformer Engine cannot be imported.
 2. nGPT's compiled normalizations (`fused.py`) = their eager definitions on GPU, with their times.
 3. `bench_gpu.py` on the 0.5B configs at 1k and 4k: local backend with and without the compiled
-   nGPT ops, and TE when it is importable.
+   nGPT ops, local backend with compiled layers, and TE when it is importable.
 
     pip install .[gpu]                    # Transformer Engine (optional: the checks skip it)
     python bench/gpu_check.py --output gpu_check.md
@@ -178,11 +178,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def benchmarks(args: argparse.Namespace, device: torch.device) -> str:
-    """bench_gpu runs: local with and without compiled nGPT ops, TE when importable."""
+    """bench_gpu runs: local with and without compiled nGPT ops, local with compiled layers,
+    TE when importable."""
     common = ["--steps", str(args.steps), "--seq", args.seq]
     runs = [("Local backend (SDPA), compiled nGPT ops", ["--impl", "local"]),
             ("Local backend (SDPA), eager nGPT ops", ["--impl", "local", "--models", "ngpt",
-                                                     "--no-compile-fused"])]
+                                                     "--no-compile-fused"]),
+            ("Local backend (SDPA), compiled layers", ["--impl", "local", "--compile-layers"])]
     if transformer_engine_problem() is None:
         runs.append(("Transformer Engine, compiled nGPT ops", ["--impl", "te"]))
     sections, ngpt_step = [], {}
@@ -192,7 +194,8 @@ def benchmarks(args: argparse.Namespace, device: torch.device) -> str:
         results = bench_gpu.run_benchmarks(bench_args, device)
         sections += [f"### {title}", "", bench_gpu.format_report(bench_args, device, results), ""]
         for r in results:
-            if r.model == "ngpt" and r.status == "ok" and bench_args.impl == "local":
+            if (r.model == "ngpt" and r.status == "ok" and bench_args.impl == "local"
+                    and not bench_args.compile_layers):
                 ngpt_step[(bench_args.compile_fused, r.seq)] = r.step_s
     gains = [f"- seq {seq}: nGPT step {ngpt_step[(False, seq)] * 1e3:.1f} ms eager -> "
              f"{ngpt_step[(True, seq)] * 1e3:.1f} ms compiled "

@@ -42,6 +42,7 @@ class ModelConfig:
     ngpt_scale_u_by_sqrt_d: bool = False
     transformer_impl: str = "local"  # "local" or "transformer_engine"
     compile_ngpt_ops: bool = True  # nGPT: torch.compile its normalizations (CUDA only)
+    compile_layers: bool = False  # torch.compile every transformer layer (for GPUs)
 
     @property
     def head_dim(self) -> int:
@@ -183,6 +184,10 @@ def _validate(cfg: Config, world_size: int | None) -> None:
         _fail("parallel.zero_stage",
               f"ZeRO-{p.zero_stage} is incompatible with pipeline parallelism (PP={pp}) in "
               "DeepSpeed's pipeline engine; use zero_stage 0 or 1")
+    if cfg.model.compile_layers and p.zero_stage == 3:
+        _fail("model.compile_layers",
+              "not supported with ZeRO-3, whose parameter hooks make torch.compile recompile "
+              "every layer; use parallel.zero_stage 0, 1 or 2")
     if t.train_iters < 0 or t.train_tokens < 0:
         _fail("training.train_iters", "must not be negative")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:

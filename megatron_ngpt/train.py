@@ -64,7 +64,7 @@ def parse_args(argv: list[str]) -> Config:
     parser.add_argument("--no-progress-bar", action="store_true")
     for flag, (_, kind) in FLAGS.items():
         parser.add_argument(flag, type=kind)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the flags
     cfg = load_config(args.config, args.overrides)
     flags = [f"{key}={value}" for flag, (key, _) in FLAGS.items()
              if (value := getattr(args, flag[2:].replace("-", "_"))) is not None]

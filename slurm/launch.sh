@@ -4,7 +4,8 @@
 # Inside a SLURM job: one srun task per GPU, each exporting RANK/LOCAL_RANK/WORLD_SIZE from
 # SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS, with MASTER_ADDR = the job's first node (no ssh, no
 # hostfile). When the trainer exits 3 (preempted, checkpoint saved) the job requeues itself and
-# the next start resumes from RUN_DIR. Outside SLURM: torchrun on this machine (NPROC processes).
+# the next start resumes from RUN_DIR; when a rank crashes, the whole job ends at once.
+# Outside SLURM: torchrun on this machine (NPROC processes).
 #
 # Environment: CONFIG (required), DATA_PATH, TOKENIZER_MODEL, RUN_DIR (--save; default
 # runs/<job name>), OVERRIDES (key=value ...), TRAIN_ARGS (trainer flags, appended last),
@@ -27,6 +28,8 @@ config_name=$(basename "$CONFIG" .yaml)
 RUN_DIR=${RUN_DIR:-runs/${SLURM_JOB_NAME:-$config_name}}
 if [[ -z ${WANDB_API_KEY:-} ]]; then export WANDB_MODE=${WANDB_MODE:-offline}; fi
 export PYTHONUNBUFFERED=1
+# megatron-core's tensor-parallel communication must run in issue order with compute (docs/gpu.md).
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 
 # DATA_PATH, OVERRIDES and TRAIN_ARGS are space-separated lists (split here without globbing).
 read -ra data_path <<<"${DATA_PATH:-}"
@@ -59,12 +62,23 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 echo "launch.sh: job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}, $SLURM_NTASKS tasks on" \
      "$SLURM_JOB_NODELIST, master $MASTER_ADDR:$MASTER_PORT: $PYTHON ${trainer[*]}"
 
+# A rank that crashes ends the whole step at once (--kill-on-bad-exit), instead of leaving the
+# others blocked in a collective until the time limit. Exit 3 (preempted, checkpoint saved) is
+# not a crash: each task turns it into 0 and leaves a marker for the requeue decision below. The
+# task's shell keeps a no-op trap, so a signal meant for the trainer (USR1, TERM) does not kill it.
 # srun runs in the background so that a signal sent to this batch shell (--signal=B:USR1@T,
 # scancel --batch) is forwarded to the tasks at once instead of killing the shell. srun 22.05 to
-# 23.02 does not inherit --cpus-per-task from sbatch. A rank that is done must not kill the rest.
+# 23.02 does not inherit --cpus-per-task from sbatch.
+mkdir -p "$RUN_DIR"
+export PREEMPTED_MARKER=$RUN_DIR/.preempted.$SLURM_JOB_ID
+rm -f "$PREEMPTED_MARKER"
 # shellcheck disable=SC2016
-srun --kill-on-bad-exit=0 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} bash -c \
-  'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' \
+srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} bash -c \
+  'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+   trap : USR1 TERM
+   "$@" && exit 0 || status=$?
+   (( status != 3 )) || { touch "$PREEMPTED_MARKER"; exit 0; }
+   exit "$status"' \
   task "$PYTHON" "${trainer[@]}" &
 srun_pid=$!
 trap 'echo "launch.sh: SIGUSR1, forwarding to the tasks"; kill -USR1 "$srun_pid" || true' USR1
@@ -74,8 +88,11 @@ while :; do
   kill -0 "$srun_pid" 2>/dev/null || break   # still running: wait was interrupted by the trap
 done
 
-if (( status == 3 )); then
+if (( status == 0 )) && [[ -e $PREEMPTED_MARKER ]]; then
+  rm -f "$PREEMPTED_MARKER"
   echo "launch.sh: trainer saved a checkpoint after preemption; requeueing job $SLURM_JOB_ID"
   scontrol requeue "$SLURM_JOB_ID"
+  exit 3
 fi
+(( status == 0 )) || echo "launch.sh: srun exited with status $status; see the task errors above"
 exit "$status"

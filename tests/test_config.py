@@ -76,6 +76,12 @@ def test_zero_2_and_3_are_rejected_with_pipeline_parallelism(stage: int) -> None
     assert load_config(TINY, ["parallel.zero_stage=1", "parallel.pipeline_model_parallel_size=2"])
 
 
+def test_compiled_layers_are_rejected_with_zero_3() -> None:
+    with pytest.raises(ConfigError, match="model.compile_layers: not supported with ZeRO-3"):
+        load_config(TINY, ["model.compile_layers=true", "parallel.zero_stage=3"])
+    assert load_config(TINY, ["model.compile_layers=true", "parallel.zero_stage=2"])
+
+
 def test_batch_arithmetic_checks_the_world_size() -> None:
     cfg = load_config(TINY, ["training.micro_batch_size=4", "training.global_batch_size=16",
                              "parallel.tensor_model_parallel_size=2"])

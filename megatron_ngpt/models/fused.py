@@ -52,8 +52,10 @@ class CudaCompiled:
         return torch.compile(self.eager, dynamic=False)
 
     def __call__(self, *args: torch.Tensor, use_compiled: bool = True):
-        fn = self.compiled if use_compiled and args[0].is_cuda else self.eager
-        return fn(*args)
+        # Inside a compiled layer (`model.compile_layers`) the eager definition is traced into the
+        # layer's graph and fused there with its neighbours.
+        compiled = use_compiled and args[0].is_cuda and not torch.compiler.is_compiling()
+        return (self.compiled if compiled else self.eager)(*args)
 
 
 residual_update = CudaCompiled(_residual_update)

@@ -39,6 +39,7 @@ class LMTransformerConfig(TransformerConfig):
     rotary_base: int = 10000
     ngpt_scale_u_by_sqrt_d: bool = False
     compile_ngpt_ops: bool = False
+    compile_layers: bool = False
     activation_checkpointing: bool = False
     init_seed: int = 1234
 
@@ -101,6 +102,7 @@ def build_transformer_config(
         rotary_base=model.rotary_base,
         ngpt_scale_u_by_sqrt_d=model.ngpt_scale_u_by_sqrt_d,
         compile_ngpt_ops=model.compile_ngpt_ops,
+        compile_layers=model.compile_layers,
         activation_checkpointing=activation_checkpointing,
         init_seed=init_seed,
     )
@@ -151,6 +153,10 @@ class TransformerLayerStage(MegatronModule):
                 rotary_base=config.rotary_base,
                 use_cpu_initialization=True,
             )
+        if config.compile_layers:
+            # The megatron layer alone: one graph at TP=1 (the RoPE table stays eager and cached).
+            # `Module.compile` keeps the parameter names, so checkpoints do not change.
+            self.layer.compile(dynamic=False)
 
     def _layer(self, hidden: torch.Tensor) -> torch.Tensor:
         rotary = self.rotary(hidden.shape[0])

@@ -5,6 +5,8 @@ input, so each *row* is normalized and every TP shard holds whole rows. `RowPara
 ``[d, in / TP]``: each *column* lives along ``d`` and every shard holds whole columns. In both
 cases TP needs no communication to normalize; ZeRO's flat partitions are handled by the
 optimizer through :mod:`megatron_ngpt.models.normalize`.
+
+`GroupedRowParallelLinear` is megatron's `RowParallelLinear` with one fix for `torch.compile`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,22 @@ from __future__ import annotations
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
+
+
+class GroupedRowParallelLinear(RowParallelLinear):
+    """`RowParallelLinear` that hands its own TP group to the matmul.
+
+    megatron-core 0.16's `RowParallelLinear.forward` passes ``tp_group=None`` to the linear
+    autograd function, which then looks the default group up and issues a `DeprecationWarning`
+    on every call. `torch.compile` cannot trace `warnings.warn`, so every layer broke into
+    several graphs there. The group is the one megatron would have looked up; the numbers are
+    the same.
+    """
+
+    def _forward_impl(self, input, weight, *args, **kwargs):
+        if kwargs.get("tp_group") is None:
+            kwargs["tp_group"] = self.tp_group
+        return super()._forward_impl(input, weight, *args, **kwargs)
 
 
 class UnitNormWeight:
@@ -32,7 +50,7 @@ class NormalizedColumnParallelLinear(UnitNormWeight, ColumnParallelLinear):
     norm_dim = 1
 
 
-class NormalizedRowParallelLinear(UnitNormWeight, RowParallelLinear):
+class NormalizedRowParallelLinear(UnitNormWeight, GroupedRowParallelLinear):
     """`RowParallelLinear` with unit-norm columns (W_o, W_down)."""
 
     norm_dim = 0

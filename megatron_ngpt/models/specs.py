@@ -12,7 +12,7 @@ since importing it without CUDA fails.
 from __future__ import annotations
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
@@ -22,7 +22,11 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from megatron_ngpt.models.attention import NGPTCoreAttention, SDPACoreAttention
-from megatron_ngpt.models.layers import NormalizedColumnParallelLinear, NormalizedRowParallelLinear
+from megatron_ngpt.models.layers import (
+    GroupedRowParallelLinear,
+    NormalizedColumnParallelLinear,
+    NormalizedRowParallelLinear,
+)
 from megatron_ngpt.models.ngpt import NGPTMLP, NGPTResidualUpdate, NGPTTransformerLayer
 
 BACKENDS = ("local", "te")
@@ -50,7 +54,7 @@ def get_gpt2_layer_spec(backend: str = "local") -> ModuleSpec:
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear,
                     core_attention=SDPACoreAttention,
-                    linear_proj=RowParallelLinear,
+                    linear_proj=GroupedRowParallelLinear,
                     q_layernorm=IdentityOp,
                     k_layernorm=IdentityOp,
                 ),
@@ -60,7 +64,7 @@ def get_gpt2_layer_spec(backend: str = "local") -> ModuleSpec:
             mlp=ModuleSpec(
                 module=MLP,
                 submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
-                                         linear_fc2=RowParallelLinear),
+                                         linear_fc2=GroupedRowParallelLinear),
             ),
             mlp_bda=get_bias_dropout_add,
         ),

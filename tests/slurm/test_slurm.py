@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -166,7 +167,9 @@ def test_preempted_job_saves_requeues_and_resumes(submit: Callable[[str], Job]) 
     assert "requeueing job" in output and "restart 1" in output, output[-6000:]
     assert job.restarts() >= 1
     requeued = [r for r in job.records() if r.get("JobState") == "PENDING"]
-    assert requeued and requeued[0]["DerivedExitCode"] == "3:0"  # exit 3: preempted, saved
+    # The trainers exited 3 (preempted, saved), which their task shells report as a clean exit.
+    assert requeued and requeued[0]["DerivedExitCode"] == "0:0"
+    assert not list(job.run_dir.glob(".preempted.*"))
     resumed = re.search(r"resumed from .*\(step (\d+)", output)
     assert resumed, output[-6000:]
     step = int(resumed.group(1))
@@ -175,3 +178,44 @@ def test_preempted_job_saves_requeues_and_resumes(submit: Callable[[str], Job]) 
     # Every step trained and logged exactly once across the two starts.
     assert job.logged_steps() == list(range(1, total + 1))
     assert _latest_checkpoint_step(job.run_dir) == total
+
+
+def _trainer_pid(job_id: int, rank: int) -> int | None:
+    """The trainer process of `rank` in job `job_id` (its environment names both)."""
+    wanted = {f"SLURM_JOB_ID={job_id}".encode(), f"RANK={rank}".encode()}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+        except (OSError, ValueError):
+            continue
+        if b"megatron_ngpt.train" in cmdline and b"python" in cmdline and wanted <= environ:
+            return int(proc.name)
+    return None
+
+
+def test_crashed_rank_ends_the_job_at_once(submit: Callable[[str], Job]) -> None:
+    """A rank killed mid-run (as by the OOM killer) must not leave the others waiting in a
+    collective until the time limit: the job fails promptly and is not requeued.
+
+    On gloo the survivor would see the closed connection and fail by itself; with NCCL it blocks
+    in the collective. Rank 0 is stopped (SIGSTOP) first to stand for that blocked rank, so only
+    srun's kill-on-bad-exit can end the job."""
+    job = submit("--train-iters 100000 --save-interval 100000")
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not job.logged_steps():
+        assert time.monotonic() < deadline, job.output()[-6000:]
+        assert not job.records(), f"job ended before its first step:\n{job.output()[-6000:]}"
+        time.sleep(0.5)
+    pids = [_trainer_pid(job.job_id, rank) for rank in (0, 1)]
+    assert None not in pids, f"trainer processes not found: {pids}"
+    os.kill(pids[0], signal.SIGSTOP)
+    os.kill(pids[1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    final = job.wait(timeout=300)
+    output = job.output()
+    assert final["JobState"] == "FAILED", output[-6000:]
+    assert time.monotonic() - killed_at < 120, output[-6000:]
+    assert job.restarts() == 0
+    assert "srun exited with status" in output, output[-6000:]
+    assert not list(job.run_dir.glob(".preempted.*"))

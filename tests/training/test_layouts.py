@@ -15,6 +15,8 @@ LAYOUTS = {  # name: (ranks, flags)
     "dp2-zero3": (2, ["--zero-stage", "3"]),
     "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
                     "--zero-stage", "1"]),
+    # torch.compile'd layers (inductor on CPU), data parallel with ZeRO-2.
+    "compiled-dp2-zero2": (2, ["--zero-stage", "2", "model.compile_layers=true"]),
 }
 
 
