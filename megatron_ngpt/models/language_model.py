@@ -27,7 +27,7 @@ from megatron_ngpt.models.layers import NormalizedColumnParallelLinear
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
 from megatron_ngpt.models.scaling import ScalingVector
 from megatron_ngpt.models.specs import get_gpt2_layer_spec, get_ngpt_layer_spec
-from megatron_ngpt.models.te_specs import require_transformer_engine
+from megatron_ngpt.models.te_specs import require_transformer_engine, transformer_engine_problem
 
 
 @dataclasses.dataclass
@@ -84,7 +84,10 @@ def build_transformer_config(
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
-        apply_rope_fusion=False,
+        # Transformer Engine's fused RoPE kernel with the TE layers (megatron-core refuses the
+        # flag at config time where TE is unusable; the layer build then explains why).
+        apply_rope_fusion=(model.transformer_impl == "transformer_engine"
+                           and transformer_engine_problem() is None),
         persist_layer_norm=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,

@@ -109,6 +109,7 @@ def test_selecting_te_without_it_fails_clearly(no_transformer_engine):
     model = ModelConfig(arch="ngpt", num_layers=1, hidden_size=64, num_attention_heads=4,
                         ffn_hidden_size=128, transformer_impl="transformer_engine")
     config = build_transformer_config(model, vocab_size=256)
+    assert not config.apply_rope_fusion  # TE's fused RoPE only where TE works
     for arch in ("ngpt", "gpt2"):
         config.arch = arch
         with pytest.raises(RuntimeError) as err:
