@@ -1,17 +1,20 @@
 """Training throughput of the tiny nGPT and GPT-2 on CPU, against a stock Hugging Face Llama.
 
     python bench/bench_train.py [--vocab 4096] [--batch 16] [--seq 128] [--steps 10] [--rounds 5]
+                                [--compile-layers]
 
 One process, fp32, torch AdamW, random tokens. Every model trains on the same batches; timings
 are taken in interleaved rounds (so that load from other processes hits every model alike) and
 the median round is reported. nGPT's step includes renormalizing its matrices, which is also
 timed alone. The reference is `LlamaForCausalLM` with the tiny GPT-2's shape (RMSNorm, SwiGLU,
 RoPE, no biases, untied head): the ratio says what our megatron-core layers cost over it.
+`--compile-layers` adds both models with `model.compile_layers` (inductor's CPU code).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -96,6 +99,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="also time both models with torch.compile'd layers")
     return parser.parse_args()
 
 
@@ -109,6 +114,11 @@ def main() -> None:
     benches = [megatron_bench("nGPT (tiny)", configs["ngpt"], vocab),
                megatron_bench("GPT-2 (tiny)", configs["gpt2"], vocab),
                llama_bench(configs["gpt2"], vocab, args.seq)]
+    if args.compile_layers:
+        benches[2:2] = [megatron_bench(f"{name} (tiny, compiled layers)",
+                                       dataclasses.replace(configs[arch], compile_layers=True),
+                                       vocab)
+                        for arch, name in (("ngpt", "nGPT"), ("gpt2", "GPT-2"))]
     batches = [torch.randint(0, vocab, (args.batch, args.seq + 1)) for _ in range(args.steps)]
     for bench in benches:  # warm-up: allocator, autograd graph, AdamW state
         bench.step(batches[0])
@@ -131,6 +141,10 @@ def main() -> None:
               f"{tokens / step[bench.name]:,.0f} | {renorm} | "
               f"{step[reference] / step[bench.name]:.2f} |")
     print(f"\nnGPT / GPT-2 step time: {step['nGPT (tiny)'] / step['GPT-2 (tiny)']:.2f}")
+    if args.compile_layers:
+        for name in ("nGPT", "GPT-2"):
+            eager, compiled = step[f"{name} (tiny)"], step[f"{name} (tiny, compiled layers)"]
+            print(f"{name}: compiled layers {eager / compiled:.2f}x the eager speed")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import init_method_normal, scaled_init_method_normal
 
 from megatron_ngpt.config import ModelConfig
-from megatron_ngpt.models.layers import NormalizedColumnParallelLinear
+from megatron_ngpt.models.layers import ScaledLMHead
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
 from megatron_ngpt.models.scaling import ScalingVector
 from megatron_ngpt.models.specs import get_gpt2_layer_spec, get_ngpt_layer_spec
@@ -185,8 +185,7 @@ class OutputStage(MegatronModule):
                 None if is_ngpt
                 else WrappedTorchNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
             )
-            linear = (NormalizedColumnParallelLinear if is_ngpt
-                      else tensor_parallel.ColumnParallelLinear)
+            linear = ScaledLMHead if is_ngpt else tensor_parallel.ColumnParallelLinear
             self.output_layer = linear(
                 config.hidden_size, config.vocab_size, config=config,
                 init_method=config.init_method, bias=False, gather_output=False,
@@ -200,10 +199,12 @@ class OutputStage(MegatronModule):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
-        logits, _ = self.output_layer(hidden)
-        if self.s_z is not None:
-            logits = logits * self.s_z().to(logits.dtype)
-        return logits.transpose(0, 1).contiguous()
+        # To batch-first before the head: a copy of the hidden states costs vocab / hidden times
+        # less than one of the logits.
+        hidden = hidden.transpose(0, 1).contiguous()
+        if self.s_z is None:
+            return self.output_layer(hidden)[0]
+        return self.output_layer(hidden, self.s_z())[0]
 
 
 def language_model_loss(

@@ -11,6 +11,7 @@ optimizer through :mod:`megatron_ngpt.models.normalize`.
 
 from __future__ import annotations
 
+import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
@@ -54,3 +55,16 @@ class NormalizedRowParallelLinear(UnitNormWeight, GroupedRowParallelLinear):
     """`RowParallelLinear` with unit-norm columns (W_o, W_down)."""
 
     norm_dim = 0
+
+
+class ScaledLMHead(NormalizedColumnParallelLinear):
+    """nGPT's LM head: unit-norm rows, each vocabulary logit scaled by `s_z`.
+
+    ``(h W^T) * s_z = h (s_z * W)^T``: scaling the ``[V / TP, d]`` weight costs ``V d``, scaling
+    the logits costs ``tokens x V`` and keeps a logits-sized tensor for the backward pass.
+    """
+
+    def forward(self, input_: torch.Tensor, scale: torch.Tensor):
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)  # one rounding in bf16
+        weight = (self.weight.to(dtype) * scale.to(dtype).unsqueeze(-1)).to(self.weight.dtype)
+        return super().forward(input_, weight=weight)
