@@ -12,6 +12,8 @@ from megatron_ngpt.models.normalize import Fragment
 
 # (shape, normalized dim): rows (1) or columns (0), long rows, one row, one column.
 MATRICES = [((5, 7), 1), ((6, 4), 0), ((1, 13), 1), ((13, 1), 0), ((3, 16), 1), ((8, 3), 0)]
+# Absolute tolerance of a normalized entry against `expected`.
+TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
 def make_matrices(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:

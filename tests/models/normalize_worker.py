@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from megatron_ngpt.models.normalize import normalize_fragments_
 from tests.models.normalize_cases import (
+    TOL,
     expected,
     flatten,
     make_matrices,
@@ -31,9 +32,8 @@ def check(dtype: torch.dtype, bounds: list[int]) -> None:
     gathered = torch.zeros_like(flat)
     gathered[lo:hi] = piece
     dist.all_reduce(gathered)  # the pieces are disjoint, so the sum reassembles the buffer
-    tol = 1e-12 if dtype == torch.float64 else 1e-6
     for got, want in zip(unflatten(gathered), expected(matrices), strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=tol)
+        torch.testing.assert_close(got, want, rtol=0, atol=TOL[dtype])
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from megatron_ngpt.models.language_model import LanguageModel, build_transformer_config
 from tests.models.conftest import tiny_model_config
@@ -36,11 +37,15 @@ def test_compiled_layers_match_eager(single_rank, arch: str) -> None:
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     gen = torch.Generator().manual_seed(0)
     tokens, labels = torch.randint(0, 256, (2, 2, 16), generator=gen)
+    torch._dynamo.reset()
+    counters.clear()
     losses = []
     for model in (eager, compiled):
         loss = model(tokens, labels)
         loss.backward()
         losses.append(loss.detach())
+    # The compiled model did compile, and both of its layers run the same graph.
+    assert counters["stats"]["unique_graphs"] == 1
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
     for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters(),
                                            strict=True):

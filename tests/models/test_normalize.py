@@ -22,6 +22,7 @@ from tests.launch import torchrun
 from tests.models.conftest import tiny_model_config
 from tests.models.normalize_cases import (
     MATRICES,
+    TOL,
     expected,
     flatten,
     make_matrices,
@@ -30,7 +31,6 @@ from tests.models.normalize_cases import (
     unflatten,
 )
 
-TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 TOTAL = sum(shape[0] * shape[1] for shape, _ in MATRICES)
 # Offsets that cut the one-row (1, 13) matrix and the one-column (13, 1) matrix over four ranks.
 ROW_START = 5 * 7 + 6 * 4
