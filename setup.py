@@ -6,6 +6,10 @@ setup(
     version="0.1.0",
     description="Pretraining stack for nGPT (normalized transformer) and its GPT-2 baseline",
     packages=find_packages(include=["megatron_ngpt", "megatron_ngpt.*"]),
+    # What the demo, the sweep and `--config NAME` need from a plain (non-editable) install.
+    package_data={"megatron_ngpt": ["configs/*.yaml", "configs/*/*.yaml", "slurm/*.sh",
+                                    "eval/tasks/*.yaml", "eval/tasks/*.jsonl",
+                                    "eval/tasks/*/*.yaml", "eval/tasks/*/*.jsonl"]},
     python_requires=">=3.10",
     # torch is deliberately unpinned here: GPU users keep their CUDA build. CPU machines get the
     # local CPU wheel first through `make install` (see Makefile).

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from megatron_ngpt.config import ModelConfig, load_config, padded_vocab_size
-from megatron_ngpt.models.language_model import LanguageModel, build_transformer_config
+from megatron_ngpt.models.language_model import LanguageModel
 from megatron_ngpt.models.normalize import normalize_model_
+from megatron_ngpt.models.transformer_config import build_transformer_config
 from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"

@@ -1,10 +1,12 @@
 """The one configuration system: typed dataclasses, loaded from YAML, overridden by `key=value`.
 
 A run is described by a :class:`Config` with six sections (model, parallel, data, optimizer,
-training, logging). YAML files in ``configs/`` give values section by section; command-line
-overrides use dotted keys (``model.hidden_size=128``) and are parsed as YAML scalars. Unknown keys,
-values of the wrong type and inconsistent combinations fail with a :class:`ConfigError` that names
-the field.
+training, logging). YAML files (``configs/``, shipped inside the package as
+``megatron_ngpt/configs``) give values section by section; overrides use dotted keys
+(``model.hidden_size=128``) and are parsed as YAML scalars, except for text fields, which take the
+text as it is. Unknown keys, values of the wrong type and inconsistent combinations fail with a
+:class:`ConfigError` that names the field. Quantities derived from several fields (steps, tokens
+per step) are methods of :class:`Config`, so every consumer computes them the same way.
 """
 
 from __future__ import annotations
@@ -134,6 +136,43 @@ class Config:
         _validate(self, world_size)
         return self
 
+    def validate_for_training(self, world_size: int | None = None) -> Config:
+        """`validate`, plus what a training run needs beyond a model: a run directory, a
+        tokenizer and a length."""
+        self.validate(world_size)
+        if not self.training.save:
+            raise ConfigError("training.save: set the run directory (--save RUN_DIR)")
+        if not self.data.tokenizer_model:
+            raise ConfigError("data.tokenizer_model: set --tokenizer-model PATH")
+        self.total_steps()
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step: global batch x sequence length."""
+        return self.training.global_batch_size * self.data.seq_length
+
+    def model_vocab_size(self, tokenizer_vocab_size: int, tensor_parallel_size: int) -> int:
+        """`model.vocab_size`, or the tokenizer's padded like Megatron (a multiple of
+        `make_vocab_size_divisible_by` x TP); never smaller than the tokenizer's."""
+        m = self.model
+        vocab = m.vocab_size or padded_vocab_size(tokenizer_vocab_size,
+                                                  m.make_vocab_size_divisible_by,
+                                                  tensor_parallel_size)
+        if vocab < tokenizer_vocab_size:
+            raise ConfigError(f"model.vocab_size: {vocab} is smaller than the tokenizer's "
+                              f"{tokenizer_vocab_size}")
+        return vocab
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the run: `train_iters`, or the token budget in whole steps."""
+        t = self.training
+        if t.train_iters:
+            return t.train_iters
+        if t.train_tokens:
+            return max(1, -(-t.train_tokens // self.tokens_per_step))
+        raise ConfigError("training.train_iters: set train_iters or train_tokens (a token budget)")
+
 
 _CHOICES = {
     "model.arch": ("ngpt", "gpt2"),
@@ -145,24 +184,47 @@ _CHOICES = {
 }
 
 
+_AT_LEAST_ONE = (
+    "model.num_layers", "model.hidden_size", "model.num_attention_heads", "model.ffn_hidden_size",
+    "model.make_vocab_size_divisible_by", "parallel.tensor_model_parallel_size",
+    "parallel.pipeline_model_parallel_size", "data.seq_length", "training.micro_batch_size",
+    "training.global_batch_size", "training.keep_last", "logging.log_interval",
+)
+_NOT_NEGATIVE = (
+    "model.vocab_size", "data.num_workers", "optimizer.min_lr", "optimizer.weight_decay",
+    "optimizer.clip_grad", "optimizer.warmup_steps", "training.train_iters",
+    "training.train_tokens", "training.save_interval", "training.exit_interval",
+    "training.eval_interval", "training.eval_iters",
+)
+
+
 def _fail(key: str, reason: str) -> None:
     raise ConfigError(f"{key}: {reason}")
 
 
+def _get(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def _validate(cfg: Config, world_size: int | None) -> None:
     for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = _get(cfg, key)
         if value not in choices:
             _fail(key, f"{value!r} is not one of {', '.join(choices)}")
     m, p, t = cfg.model, cfg.parallel, cfg.training
-    for key in ("model.num_layers", "model.hidden_size", "model.num_attention_heads",
-                "model.ffn_hidden_size", "parallel.tensor_model_parallel_size",
-                "parallel.pipeline_model_parallel_size", "data.seq_length",
-                "training.micro_batch_size", "training.global_batch_size"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
+    for key in _AT_LEAST_ONE:
+        if _get(cfg, key) < 1:
             _fail(key, "must be at least 1")
+    for key in _NOT_NEGATIVE:
+        value = _get(cfg, key)
+        if not value >= 0:  # also catches NaN
+            _fail(key, f"must not be negative, got {value}")
+    for key in ("optimizer.lr", "optimizer.min_lr", "optimizer.clip_grad"):
+        if not math.isfinite(_get(cfg, key)):
+            _fail(key, f"must be a finite number, got {_get(cfg, key)}")
+    if not cfg.optimizer.lr > 0:
+        _fail("optimizer.lr", f"must be positive, got {cfg.optimizer.lr}")
     if m.hidden_size % m.num_attention_heads:
         _fail("model.num_attention_heads",
               f"hidden_size {m.hidden_size} is not divisible by {m.num_attention_heads} heads")
@@ -188,18 +250,17 @@ def _validate(cfg: Config, world_size: int | None) -> None:
         _fail("model.compile_layers",
               "not supported with ZeRO-3, whose parameter hooks make torch.compile recompile "
               "every layer; use parallel.zero_stage 0, 1 or 2")
-    if t.train_iters < 0 or t.train_tokens < 0:
-        _fail("training.train_iters", "must not be negative")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         _fail("optimizer.min_lr", f"{cfg.optimizer.min_lr} exceeds the peak lr {cfg.optimizer.lr}")
     if len(cfg.data.data_path) > 1 and len(cfg.data.data_path) % 2:
         _fail("data.data_path", "a blend must be pairs of 'weight prefix'")
     split = cfg.data.split.replace("/", ",").split(",")
     try:
-        if not 1 <= len(split) <= 3 or sum(float(s) for s in split) <= 0:
+        weights = [float(s) for s in split]
+        if not 1 <= len(split) <= 3 or sum(weights) <= 0 or not all(w >= 0 for w in weights):
             raise ValueError
     except ValueError:
-        _fail("data.split", f"{cfg.data.split!r} is not like '969,30,1'")
+        _fail("data.split", f"{cfg.data.split!r} is not like '969,30,1' (non-negative weights)")
     if world_size is not None:
         if world_size % (tp * pp):
             _fail("parallel.tensor_model_parallel_size",
@@ -255,7 +316,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def _set(cfg: Config, key: str, value: Any) -> None:
+def _field_type(cfg: Config, key: str) -> Any:
+    """The annotation of the field `key` ("section.name"), or ConfigError naming what is wrong."""
     parts = key.split(".")
     if len(parts) != 2:
         _fail(key, "keys look like 'section.name' (e.g. model.hidden_size)")
@@ -267,17 +329,34 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     hints = typing.get_type_hints(type(section))
     if name not in hints:
         _fail(key, f"unknown key {name!r} in section {section_name!r}")
-    setattr(section, name, _coerce(key, value, hints[name]))
+    return hints[name]
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set one field from a Python value, checked against the field's type."""
+    annotation = _field_type(cfg, key)
+    section_name, name = key.split(".")
+    setattr(getattr(cfg, section_name), name, _coerce(key, value, annotation))
+
+
+def parse_value(cfg: Config, key: str, raw: str) -> Any:
+    """A command-line value for `key`: text fields take it as it is (a path named `yes` stays a
+    path), lists split on whitespace unless written in YAML's brackets, the rest is YAML."""
+    annotation = _field_type(cfg, key)
+    if annotation is str:
+        return raw
+    if typing.get_origin(annotation) is list and raw.strip()[:1] not in ("[", "{"):
+        return raw.split()
+    return yaml.safe_load(raw) if raw.strip() else ""
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply `section.key=value` strings; values are parsed as YAML (so 1e-3, true, [a, b])."""
+    """Apply `section.key=value` strings in order (the last value of a key wins)."""
     for item in overrides:
         if "=" not in item:
             _fail(item, "an override must look like section.key=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        _set(cfg, key.strip(), value)
+        key, raw = (part.strip() for part in item.split("=", 1))
+        set_value(cfg, key, parse_value(cfg, key, raw))
     return cfg
 
 
@@ -289,27 +368,51 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
         if not isinstance(values, dict):
             _fail(f"{source}: {section_name}", "a section must be a mapping")
         for name, value in values.items():
-            _set(cfg, f"{section_name}.{name}", value)
+            set_value(cfg, f"{section_name}.{name}", value)
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file (or the defaults when `path` is None) and apply overrides."""
+def packaged_configs() -> Path:
+    """The configs shipped inside the package (the checkout's ``configs/`` links here)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file by path, or by its name among the packaged ones (``tiny/ngpt``,
+    ``configs/ngpt_0.5b_1k.yaml``), so that a plain ``pip install`` finds them too."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+    for candidate in (relative, relative.with_name(relative.name + ".yaml")):
+        packaged = packaged_configs() / candidate
+        if not path.is_absolute() and packaged.is_file():
+            return packaged
+    known = ", ".join(str(p.relative_to(packaged_configs()).with_suffix(""))
+                      for p in sorted(packaged_configs().rglob("*.yaml")))
+    raise ConfigError(f"{name}: config file not found (packaged configs: {known})")
+
+
+def read_config(path: str | Path | None) -> Config:
+    """The config of a YAML file (the defaults when `path` is None), not yet validated."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
+        path = resolve_config_path(path)
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: invalid YAML: {err}") from err
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:
-        cfg = config_from_dict(data, str(path))
+        return config_from_dict(data, str(path))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
-    apply_overrides(cfg, overrides or [])
-    return cfg.validate()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults when `path` is None), apply overrides, validate."""
+    return apply_overrides(read_config(path), overrides or []).validate()
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int) -> int:

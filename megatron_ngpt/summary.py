@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_ngpt.config import Config, ConfigError, load_config, padded_vocab_size
+from megatron_ngpt.config import Config, ConfigError, load_config
 
 _LAYER = re.compile(r"^layers\.(\d+)\.layer\.")
 
@@ -81,8 +81,7 @@ def model_vocab_size(cfg: Config) -> int:
                           "or data.tokenizer_model=PATH")
     from megatron_ngpt.data.tokenizer import load_tokenizer
 
-    size = load_tokenizer(cfg.data.tokenizer_model).vocab_size
-    return padded_vocab_size(size, cfg.model.make_vocab_size_divisible_by, 1)
+    return cfg.model_vocab_size(load_tokenizer(cfg.data.tokenizer_model).vocab_size, 1)
 
 
 def summarize(cfg: Config) -> str:
@@ -94,7 +93,8 @@ def summarize(cfg: Config) -> str:
     # and its per-layer warning that it does not know the nGPT MLP class.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     logging.getLogger("megatron.core").setLevel(logging.ERROR)
-    from megatron_ngpt.models.language_model import LanguageModel, build_transformer_config
+    from megatron_ngpt.models.language_model import LanguageModel
+    from megatron_ngpt.models.transformer_config import build_transformer_config
     from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
 
     vocab = model_vocab_size(cfg)

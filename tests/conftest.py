@@ -1,5 +1,15 @@
-"""Fixtures shared by every suite: the small real corpus, tokenizer and dataset of `tests/data`."""
+"""Fixtures shared by every suite: the small real corpus, tokenizer and dataset of `tests/data`,
+a one-rank process group, and the package's command-line tools as modules."""
 
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import pytest
+
+from megatron_ngpt.parallel.state import ParallelDims
 from tests.data.conftest import (  # noqa: F401
     data_dir,
     sp_tokenizer,
@@ -7,3 +17,20 @@ from tests.data.conftest import (  # noqa: F401
     tiny_corpus,
     tiny_dataset_prefix,
 )
+
+
+@pytest.fixture(scope="session")
+def single_rank() -> Iterator[ParallelDims]:
+    """megatron-core's process groups on a one-rank gloo world (TP=PP=1), in this process."""
+    from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
+
+    dims = init_distributed(1, 1, "cpu")
+    yield dims
+    shutdown_distributed()
+
+
+@pytest.fixture(scope="session")
+def tool() -> Callable[[str], ModuleType]:
+    """`tool("preprocess_data")` is `megatron_ngpt.cli.preprocess_data`: tests call its `main`
+    in-process (a fresh interpreter would spend seconds importing megatron-core)."""
+    return lambda name: importlib.import_module(f"megatron_ngpt.cli.{name}")

@@ -1,44 +1,4 @@
-"""Plot runs and estimate the speedup of nGPT over GPT-2.
+"""Same as `python -m megatron_ngpt.cli.plot_runs`, where its code and usage live."""
+from megatron_ngpt.cli.plot_runs import main
 
-    python tools/plot_runs.py RUN_DIR... [--sweep MANIFEST_OR_DIR] --out DIR
-
-Draws training and validation loss against tokens for the runs (the sweep's runs if none are
-given); with --sweep also the final-loss-vs-budget curves and the speedup table (printed and
-written to DIR/speedup.md).
-"""
-
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-from megatron_ngpt.analysis.compare import compare
-from megatron_ngpt.analysis.runs import RunError
-from megatron_ngpt.analysis.sweep import SweepError
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="*", type=Path, help="run directories (with metrics.jsonl)")
-    parser.add_argument("--sweep", type=Path, help="sweep.json or the sweep folder")
-    parser.add_argument("--out", type=Path, required=True, help="folder for PNGs and speedup.md")
-    parser.add_argument("--baseline", default="gpt2", help="model the speedup is measured against")
-    parser.add_argument("--candidate", default="ngpt")
-    args = parser.parse_args(argv)
-    if not args.runs and args.sweep is None:
-        parser.error("give run directories, --sweep, or both")
-    try:
-        result = compare(args.runs, args.out, args.sweep, args.baseline, args.candidate)
-    except (RunError, SweepError, ValueError) as err:
-        print(f"plot_runs: {err}", file=sys.stderr)
-        return 1
-    if result.markdown:
-        print(result.markdown)
-    for path in result.files:
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+raise SystemExit(main())

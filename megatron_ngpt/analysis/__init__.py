@@ -1,1 +1,1 @@
-"""Comparing runs: metrics loading, token-budget sweeps, the speedup estimate, plots, reports."""
+"""Comparing finished runs: metrics, final losses, the speedup estimate, plots and reports."""

@@ -11,7 +11,7 @@ from megatron_ngpt.analysis.report import final_losses_markdown, speedup_markdow
 from megatron_ngpt.analysis.results import collect_results
 from megatron_ngpt.analysis.runs import Run, load_run
 from megatron_ngpt.analysis.speedup import SpeedupRow, speedup_table
-from megatron_ngpt.analysis.sweep import load_manifest
+from megatron_ngpt.experiments.manifest import load_manifest
 
 LOSS_PLOT = "loss_curves.png"
 SWEEP_PLOT = "final_loss_vs_tokens.png"

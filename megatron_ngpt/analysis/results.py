@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megatron_ngpt.analysis.runs import Run, RunError, is_complete, load_run
-from megatron_ngpt.analysis.sweep import Sweep
+from megatron_ngpt.experiments.manifest import Sweep
 
 
 @dataclass

@@ -9,39 +9,20 @@ pipeline stage; the pipeline engine builds the same classes, split across stages
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 
 import torch
-import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
-from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.utils import init_method_normal, scaled_init_method_normal
 
-from megatron_ngpt.config import ModelConfig
 from megatron_ngpt.models.layers import ScaledLMHead
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
 from megatron_ngpt.models.scaling import ScalingVector
-from megatron_ngpt.models.specs import get_gpt2_layer_spec, get_ngpt_layer_spec
-from megatron_ngpt.models.te_specs import require_transformer_engine, transformer_engine_problem
-
-
-@dataclasses.dataclass
-class LMTransformerConfig(TransformerConfig):
-    """megatron-core's `TransformerConfig` plus the few fields this project's modules read."""
-
-    arch: str = "ngpt"
-    vocab_size: int = 0
-    rotary_base: int = 10000
-    ngpt_scale_u_by_sqrt_d: bool = False
-    compile_ngpt_ops: bool = False
-    compile_layers: bool = False
-    activation_checkpointing: bool = False
-    init_seed: int = 1234
+from megatron_ngpt.models.specs import TE, layer_spec
+from megatron_ngpt.models.te_support import require_transformer_engine
+from megatron_ngpt.models.transformer_config import LMTransformerConfig
 
 
 @contextlib.contextmanager
@@ -51,73 +32,6 @@ def init_rng(config: LMTransformerConfig, offset: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.init_seed + offset)
         yield
-
-
-def build_transformer_config(
-    model: ModelConfig,
-    vocab_size: int,
-    tensor_parallel: int = 1,
-    pipeline_parallel: int = 1,
-    params_dtype: torch.dtype = torch.float32,
-    activation_checkpointing: bool = False,
-    init_seed: int = 1234,
-) -> LMTransformerConfig:
-    """Translate this project's `ModelConfig` into megatron-core's config (the source of truth)."""
-    std = model.init_std_value
-    is_ngpt = model.arch == "ngpt"
-    return LMTransformerConfig(
-        num_layers=model.num_layers,
-        hidden_size=model.hidden_size,
-        num_attention_heads=model.num_attention_heads,
-        ffn_hidden_size=model.ffn_hidden_size,
-        kv_channels=model.head_dim,
-        tensor_model_parallel_size=tensor_parallel,
-        pipeline_model_parallel_size=pipeline_parallel,
-        params_dtype=params_dtype,
-        bf16=params_dtype == torch.bfloat16,
-        pipeline_dtype=params_dtype,
-        use_cpu_initialization=True,
-        gradient_accumulation_fusion=False,
-        add_bias_linear=False,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        # Transformer Engine's fused RoPE kernel with the TE layers (megatron-core refuses the
-        # flag at config time where TE is unusable; the layer build then explains why).
-        apply_rope_fusion=(model.transformer_impl == "transformer_engine"
-                           and transformer_engine_problem() is None),
-        persist_layer_norm=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        normalization=model.normalization,
-        layernorm_epsilon=model.layernorm_epsilon,
-        init_method=init_method_normal(std),
-        # GPT-2 scales its output projections by 1/sqrt(2 L); nGPT normalizes them anyway.
-        output_layer_init_method=(
-            init_method_normal(std) if is_ngpt
-            else scaled_init_method_normal(std, model.num_layers)
-        ),
-        softmax_scale=math.sqrt(model.head_dim) if is_ngpt else None,
-        arch=model.arch,
-        vocab_size=vocab_size,
-        rotary_base=model.rotary_base,
-        ngpt_scale_u_by_sqrt_d=model.ngpt_scale_u_by_sqrt_d,
-        compile_ngpt_ops=model.compile_ngpt_ops,
-        compile_layers=model.compile_layers,
-        activation_checkpointing=activation_checkpointing,
-        init_seed=init_seed,
-    )
-
-
-def layer_spec(config: LMTransformerConfig, backend: str = "local") -> ModuleSpec:
-    return get_ngpt_layer_spec(backend) if config.arch == "ngpt" else get_gpt2_layer_spec(backend)
-
-
-def backend_for(model: ModelConfig) -> str:
-    """The layer-spec backend that `model.transformer_impl` selects."""
-    return "te" if model.transformer_impl == "transformer_engine" else "local"
 
 
 class EmbeddingStage(MegatronModule):
@@ -143,12 +57,12 @@ class EmbeddingStage(MegatronModule):
 class TransformerLayerStage(MegatronModule):
     """One megatron-core `TransformerLayer` built from the spec, with its RoPE table."""
 
-    def __init__(self, config: LMTransformerConfig, layer_number: int, backend: str = "local"):
+    def __init__(self, config: LMTransformerConfig, layer_number: int):
         super().__init__(config=config)
         with init_rng(config, layer_number):
-            if backend == "te":
+            if config.transformer_impl == TE:
                 require_transformer_engine()
-            self.layer = build_module(layer_spec(config, backend), config=config,
+            self.layer = build_module(layer_spec(config), config=config,
                                       layer_number=layer_number)
             self.rotary = RotaryEmbedding(
                 kv_channels=config.kv_channels,
@@ -223,11 +137,11 @@ def language_model_loss(
 class LanguageModel(MegatronModule):
     """The whole model on one pipeline stage: embedding, layers, output head."""
 
-    def __init__(self, config: LMTransformerConfig, backend: str = "local") -> None:
+    def __init__(self, config: LMTransformerConfig) -> None:
         super().__init__(config=config)
         self.embedding = EmbeddingStage(config)
         self.layers = torch.nn.ModuleList(
-            TransformerLayerStage(config, i + 1, backend) for i in range(config.num_layers)
+            TransformerLayerStage(config, i + 1) for i in range(config.num_layers)
         )
         self.head = OutputStage(config)
 

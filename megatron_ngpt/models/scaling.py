@@ -1,4 +1,4 @@
-"""nGPT scaling vectors: stored at `init_scaling`, used at `init_value` (see the nGPT math notes).
+"""nGPT scaling vectors: stored at `init_scaling`, used at `init_value` (docs/ngpt-math.md).
 
 The optimizer sees a parameter of size ~`init_scaling` while the model sees
 ``stored * (init_value / init_scaling)``. Scaling vectors are float32, get no weight decay and are
@@ -25,7 +25,7 @@ def is_scaling_vector(param: torch.Tensor) -> bool:
     return getattr(param, SCALING_ATTR, False)
 
 
-# The nGPT math notes' table: kind -> (init_value, whether init_scaling is 1/sqrt(d) or 1).
+# docs/ngpt-math.md's table: kind -> (init_value, whether init_scaling is 1/sqrt(d) or 1).
 SCALING_INITS: dict[str, tuple[float, bool]] = {
     "alpha": (0.05, True),  # alpha_A, alpha_M
     "s_qk": (1.0, True),

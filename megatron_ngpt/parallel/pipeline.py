@@ -14,11 +14,11 @@ from megatron.core import parallel_state as ps
 
 from megatron_ngpt.models.language_model import (
     EmbeddingStage,
-    LMTransformerConfig,
     OutputStage,
     TransformerLayerStage,
     language_model_loss,
 )
+from megatron_ngpt.models.transformer_config import LMTransformerConfig
 
 
 def pipeline_loss(logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -26,11 +26,11 @@ def pipeline_loss(logits: torch.Tensor, labels: tuple[torch.Tensor, torch.Tensor
     return language_model_loss(logits, tokens_labels, loss_mask)
 
 
-def build_pipeline_module(config: LMTransformerConfig, tp: int, pp: int, dp: int,
-                          backend: str = "local") -> PipelineModule:
+def build_pipeline_module(config: LMTransformerConfig, tp: int, pp: int, dp: int
+                          ) -> PipelineModule:
     layers = [
         LayerSpec(EmbeddingStage, config),
-        *(LayerSpec(TransformerLayerStage, config, i + 1, backend)
+        *(LayerSpec(TransformerLayerStage, config, i + 1)
           for i in range(config.num_layers)),
         LayerSpec(OutputStage, config),
     ]

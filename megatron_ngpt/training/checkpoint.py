@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -38,6 +38,9 @@ from megatron.core import parallel_state as ps
 from megatron_ngpt.config import Config, config_from_dict
 from megatron_ngpt.log import get_logger
 from megatron_ngpt.training.reshard import gather_master_state, scatter_master_state
+
+if TYPE_CHECKING:  # the engine imports DeepSpeed, which exporting a checkpoint does not need
+    from megatron_ngpt.training.engine import Engine
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 MANIFEST = "COMPLETE"
@@ -137,9 +140,10 @@ class Checkpointer:
         self.root = self.run_dir / "checkpoints"
         self.keep_last = keep_last
 
-    def save(self, engine, step: int, trainer_state: dict[str, Any], cfg: Config,
+    def save(self, eng: Engine, step: int, trainer_state: dict[str, Any], cfg: Config,
              named_params) -> Path:
         """Collective: every rank calls it with the same step."""
+        engine = eng.engine
         rank = dist.get_rank()
         name = step_dir_name(step)
         tmp_parent = self.root / ".tmp"
@@ -149,7 +153,7 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         dist.barrier()
         engine.save_checkpoint(str(tmp_parent), tag=name, save_latest=False)
-        master = gather_master_state(engine.optimizer, named_params)
+        master = gather_master_state(eng.masters, named_params)
         if master is not None:
             weights, moments, optimizer_step = master
             stage = ps.get_pipeline_model_parallel_rank()
@@ -179,9 +183,10 @@ class Checkpointer:
         for old in steps[: max(0, len(steps) - self.keep_last)]:
             shutil.rmtree(self.root / step_dir_name(old), ignore_errors=True)
 
-    def load(self, engine, directory: Path, layout: dict[str, int], named_params
+    def load(self, eng: Engine, directory: Path, layout: dict[str, int], named_params
              ) -> dict[str, Any]:
         """Collective: restore the engine from `directory`; returns the trainer state."""
+        engine = eng.engine
         verify(directory)
         saved = json.loads((directory / "trainer_state.json").read_text())
         if saved.get("layout") == layout:
@@ -193,7 +198,7 @@ class Checkpointer:
         else:
             log.info("checkpoint layout %s differs from this run's %s: loading the "
                      "layout-independent fp32 state", saved.get("layout"), layout)
-            self._load_resharded(engine, directory, named_params, saved["step"])
+            self._load_resharded(eng, directory, named_params, saved["step"])
         rng_file = directory / "rng" / f"rank_{dist.get_rank()}.pt"
         if rng_file.is_file():
             rng = torch.load(rng_file, weights_only=False)
@@ -203,7 +208,7 @@ class Checkpointer:
         return saved
 
     @staticmethod
-    def _load_resharded(engine, directory: Path, named_params, step: int) -> None:
+    def _load_resharded(eng: Engine, directory: Path, named_params, step: int) -> None:
         weights, optim = {}, {"moments": {}, "step": step}
         for path in sorted(directory.glob("model_fp32_pp*.pt")):
             weights.update(_load_file(path))
@@ -211,9 +216,8 @@ class Checkpointer:
             part = _load_file(path)
             optim["moments"].update(part["moments"])
             optim["step"] = part["step"]
-        scatter_master_state(engine.optimizer, named_params, weights, optim["moments"],
-                             optim["step"])
-        scheduler = engine.lr_scheduler
+        scatter_master_state(eng.masters, named_params, weights, optim["moments"], optim["step"])
+        scheduler = eng.engine.lr_scheduler
         scheduler.last_epoch = step - 1
         scheduler.step()
 

@@ -1,4 +1,5 @@
-"""The DeepSpeed engine: ZeRO data parallelism and the optimizer, with or without a pipeline."""
+"""The DeepSpeed engine around a built model: ZeRO data parallelism, the optimizer and its
+schedule, with or without a pipeline, and nGPT's renormalization hooked into its step."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 from deepspeed.runtime.utils import clip_grad_norm_
 
 from megatron_ngpt.config import Config
-from megatron_ngpt.models.language_model import LanguageModel, LMTransformerConfig
+from megatron_ngpt.parallel.masters import MasterWeights
 from megatron_ngpt.parallel.mpu import MegatronMPU
-from megatron_ngpt.parallel.pipeline import build_pipeline_module, check_rank_alignment
+from megatron_ngpt.parallel.pipeline import check_rank_alignment
 from megatron_ngpt.parallel.state import ParallelDims
 from megatron_ngpt.training.optimizer import install_renormalization, param_groups
 from megatron_ngpt.training.schedule import lr_multiplier
@@ -26,7 +27,8 @@ class Engine:
     module: torch.nn.Module  # LanguageModel or PipelineModule
     is_pipeline: bool
     grad_accumulation: int
-    renormalization: str | None  # which master-weight path nGPT normalizes, None for GPT-2
+    masters: MasterWeights  # where each parameter's master slice lives
+    renormalization: str | None  # which master-weight layout nGPT normalizes, None for GPT-2
 
 
 def deepspeed_config(cfg: Config, dims: ParallelDims) -> dict:
@@ -66,14 +68,10 @@ def _record_fp32_grad_norm(engine) -> None:
     engine.clip_fp32_gradients = clip_and_record
 
 
-def build_engine(cfg: Config, model_config: LMTransformerConfig, dims: ParallelDims,
-                 total_steps: int, backend: str = "local") -> Engine:
-    """Build the model (whole or as pipeline stages) and start DeepSpeed on it."""
+def build_engine(cfg: Config, module: torch.nn.Module, dims: ParallelDims, total_steps: int
+                 ) -> Engine:
+    """Start DeepSpeed on `module` (a `LanguageModel`, or a `PipelineModule` when PP > 1)."""
     is_pipeline = dims.pp > 1
-    if is_pipeline:
-        module = build_pipeline_module(model_config, dims.tp, dims.pp, dims.dp, backend)
-    else:
-        module = LanguageModel(model_config, backend)
     module.to(dims.device)
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(
@@ -93,8 +91,9 @@ def build_engine(cfg: Config, model_config: LMTransformerConfig, dims: ParallelD
     if is_pipeline:
         check_rank_alignment(engine)
     _record_fp32_grad_norm(engine)
-    renormalization = (
-        install_renormalization(ds_optimizer, module) if model_config.arch == "ngpt" else None
-    )
-    return Engine(engine, module, is_pipeline, engine.gradient_accumulation_steps(),
+    masters = MasterWeights(ds_optimizer, list(module.parameters()), cfg.parallel.zero_stage,
+                            cfg.training.precision, is_pipeline)
+    renormalization = (install_renormalization(masters, module)
+                       if cfg.model.arch == "ngpt" else None)
+    return Engine(engine, module, is_pipeline, engine.gradient_accumulation_steps(), masters,
                   renormalization)

@@ -4,68 +4,22 @@ DeepSpeed's own checkpoints reload only into the same data-parallel size. To cha
 every checkpoint also holds, per pipeline stage, each parameter's full fp32 master value and its
 Adam moments under `LanguageModel` names. :func:`gather_master_state` builds them (collective over
 the data- and tensor-parallel groups) and :func:`scatter_master_state` writes them back into any
-engine: this rank's slice of each tensor goes into wherever its optimizer keeps it.
-
-Where the fp32 master of a parameter lives (see also `optimizer.py`):
-ZeRO-0: the parameter itself (fp32) or its whole fp32 copy (bf16); ZeRO-1/2 and the BF16
-optimizer: a fragment of a flat
-partition (``_hp_mapping``); ZeRO-3: a per-parameter slice found via ``grad_position``.
+engine: this rank's slice of each tensor goes wherever its optimizer keeps it
+(`parallel/masters.py` knows where).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megatron_ngpt.training.optimizer import master_copies
+if TYPE_CHECKING:  # DeepSpeed is imported only where an engine runs
+    from megatron_ngpt.parallel.masters import MasterWeights
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-@dataclass
-class _Slot:
-    """This rank's part of one parameter's master: elements [start, start + numel) of it."""
-
-    owner: torch.Tensor  # the tensor the base optimizer keys its state by
-    offset: int  # where the part starts in `owner` (flattened)
-    numel: int
-    start: int  # where the part starts in the (TP-local) parameter (flattened)
-
-    def view(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.view(-1).narrow(0, self.offset, self.numel)
-
-
-def _full_shape(param: torch.Tensor) -> tuple[int, ...]:
-    return tuple(param.ds_shape) if hasattr(param, "ds_shape") else tuple(param.shape)
-
-
-def _slot(optimizer, param: torch.Tensor, copies: dict[int, torch.Tensor]) -> _Slot | None:
-    if hasattr(optimizer, "fp32_partitioned_groups_flat"):  # ZeRO-3
-        group, offset, count = optimizer.grad_position[optimizer.get_param_id(param)]
-        start = dist.get_rank(optimizer.dp_process_group) * count
-        valid = max(0, min(count, param.ds_numel - start))
-        return _Slot(optimizer.fp32_partitioned_groups_flat[group], offset, valid, start)
-    if hasattr(param, "_hp_mapping"):  # ZeRO-1/2, BF16 optimizer
-        mapping = param._hp_mapping
-        if mapping is None:
-            return None
-        flats = getattr(optimizer, "single_partition_of_fp32_groups", None) or \
-            optimizer.fp32_groups_flat_partition
-        return _Slot(flats[mapping.param_group_index], mapping.hp_fragment_address.start,
-                     mapping.hp_fragment_address.numel, mapping.lp_fragment_address.start)
-    # ZeRO-0: the parameter is the master (fp32) or has a whole fp32 copy (bf16).
-    return _Slot(copies.get(id(param), param), 0, param.numel(), 0)
-
-
-def _dp_group(optimizer):
-    return getattr(optimizer, "dp_process_group", None)
-
-
-def _base(optimizer) -> torch.optim.Optimizer:
-    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _gather_tp(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -98,7 +52,7 @@ def _optimizer_step_count(base: torch.optim.Optimizer) -> int:
     return 0
 
 
-def gather_master_state(optimizer, named_params, with_moments: bool = True
+def gather_master_state(masters: MasterWeights, named_params, with_moments: bool = True
                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int] | None:
     """Full fp32 weights (and Adam moments) of this stage's parameters, with the given names.
 
@@ -106,22 +60,21 @@ def gather_master_state(optimizer, named_params, with_moments: bool = True
     the rank with DP rank 0 and TP rank 0 of each pipeline stage, None elsewhere. Moments are
     keyed ``"{name}/exp_avg"`` and ``"{name}/exp_avg_sq"``.
     """
-    base, group = _base(optimizer), _dp_group(optimizer)
-    copies = master_copies(optimizer)
+    base, group = masters.base, masters.dp_group
     keep = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0
     weights: dict[str, torch.Tensor] = {}
     moments: dict[str, torch.Tensor] = {}
     for name, param in named_params:
-        slot = _slot(optimizer, param, copies)
+        owned = masters.slice(param)
+        shape = owned.shape if owned is not None else tuple(param.shape)
         sources = {"": None, **({m: m for m in MOMENTS} if with_moments else {})}
         for key in sources.values():
-            shape = _full_shape(param)
             flat = torch.zeros(int(torch.Size(shape).numel()), dtype=torch.float32,
                                device=param.device)
-            if slot is not None and slot.numel:
-                source = slot.owner if key is None else base.state.get(slot.owner, {}).get(key)
+            if owned is not None and owned.numel:
+                source = owned.owner if key is None else base.state.get(owned.owner, {}).get(key)
                 if source is not None:
-                    flat.narrow(0, slot.start, slot.numel).copy_(slot.view(source))
+                    flat.narrow(0, owned.start, owned.numel).copy_(owned.view(source))
             if group is not None and dist.get_world_size(group) > 1:
                 dist.all_reduce(flat, group=group)
             full = _gather_tp(flat.view(shape), param)
@@ -132,19 +85,18 @@ def gather_master_state(optimizer, named_params, with_moments: bool = True
 
 
 @torch.no_grad()
-def scatter_master_state(optimizer, named_params, weights: dict[str, torch.Tensor],
+def scatter_master_state(masters: MasterWeights, named_params, weights: dict[str, torch.Tensor],
                          moments: dict[str, torch.Tensor], step: int) -> None:
     """Write full weights and moments into this engine's masters, moments and model copies."""
-    base = _base(optimizer)
-    copies = master_copies(optimizer)
+    base = masters.base
     for name, param in named_params:
         if name not in weights:
             raise KeyError(f"the checkpoint has no weights for parameter {name}")
         local = tensor_parallel_slice(weights[name], param).reshape(-1)
-        slot = _slot(optimizer, param, copies)
-        if slot is not None and slot.numel:
-            owner = slot.owner
-            slot.view(owner).copy_(local[slot.start : slot.start + slot.numel])
+        owned = masters.slice(param)
+        if owned is not None and owned.numel:
+            owner = owned.owner
+            owned.view().copy_(local[owned.start : owned.start + owned.numel])
             state = base.state[owner]
             for key in MOMENTS:
                 if key not in state:
@@ -152,10 +104,8 @@ def scatter_master_state(optimizer, named_params, weights: dict[str, torch.Tenso
                 moment = moments.get(f"{name}/{key}")
                 if moment is not None:
                     full = tensor_parallel_slice(moment, param).reshape(-1)
-                    slot.view(state[key]).copy_(full[slot.start : slot.start + slot.numel])
+                    owned.view(state[key]).copy_(full[owned.start : owned.start + owned.numel])
             state["step"] = torch.tensor(float(step))
-        if not hasattr(param, "ds_id"):  # ZeRO-0/1/2 keep a full model copy on every rank
+        if not masters.partitions_parameters:  # ZeRO-0/1/2 keep a full model copy on every rank
             param.data.copy_(local.view_as(param).to(param.dtype))
-    if hasattr(optimizer, "fp32_partitioned_groups_flat"):  # ZeRO-3: refresh the model shards
-        for sub_group in range(len(optimizer.fp16_groups)):
-            optimizer._reassign_or_swap_out_partitioned_parameters(sub_group)
+    masters.refresh_partitioned_parameters()

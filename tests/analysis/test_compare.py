@@ -6,7 +6,8 @@ import pytest
 
 from megatron_ngpt.analysis.compare import LOSS_PLOT, REPORT, SWEEP_PLOT, compare
 from megatron_ngpt.analysis.speedup import Reach
-from megatron_ngpt.analysis.sweep import plan_sweep, write_manifest
+from megatron_ngpt.experiments.manifest import write_manifest
+from megatron_ngpt.experiments.sweep import plan_sweep
 from tests.analysis.fake_runs import write_run
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
@@ -53,7 +54,7 @@ def test_two_single_runs_give_a_curve_estimate(tmp_path):
 
 
 def test_plot_runs_command_line(sweep_dir, tmp_path, capsys):
-    from tools.plot_runs import main
+    from megatron_ngpt.cli.plot_runs import main
 
     assert main(["--sweep", str(sweep_dir / "sweep.json"), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import DIST_VARIABLES
+from tests.distributed import DIST_VARIABLES, REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -48,7 +47,8 @@ def test_quick_demo_writes_every_artifact(tmp_path):
     body = evals.split("|---|---|---|---|\n")[1]
     scores = re.findall(r"^\| [\w.-]+ \| [\w.-]+ \| (.+) \| (.+) \|$", body, re.MULTILINE)
     assert scores and all(re.match(r"\d+\.\d{4}", cell) for row in scores for cell in row)
-    assert "python tools/checkpoint_to_hf.py" in report and "(loss_curves.png)" in report
+    assert "python -m megatron_ngpt.cli.checkpoint_to_hf" in report
+    assert "(loss_curves.png)" in report
 
     # resumable: a second run finds every stage done and only rewrites the report
     log = run_demo(out)

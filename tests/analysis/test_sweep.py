@@ -5,14 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ngpt.analysis.launch import run_local, slurm_submission, submit_slurm
-from megatron_ngpt.analysis.sweep import (
-    SweepError,
-    load_manifest,
-    plan_sweep,
-    scaled_warmup,
-    write_manifest,
-)
+from megatron_ngpt.experiments.launch import run_local, slurm_submission, submit_slurm
+from megatron_ngpt.experiments.manifest import SweepError, load_manifest, write_manifest
+from megatron_ngpt.experiments.sweep import plan_sweep, scaled_warmup
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 CONFIGS = {"ngpt": TINY / "ngpt.yaml", "gpt2": TINY / "gpt2.yaml"}
@@ -50,7 +45,9 @@ def test_trainer_arguments_that_change_the_step_size_are_used(tmp_path):
     (["ngpt"], [STEP - 1], [], "less than one step"),
     (["ngpt"], [STEP], ["--train-iters", "5"], "sets each run's length"),
     (["ngpt"], [STEP], ["training.train_tokens=5"], "sets each run's length"),
-    (["ngpt"], [STEP], ["--seq-length"], "needs a value"),
+    (["ngpt"], [STEP], ["--train-tokens", "5"], "sets each run's length"),
+    (["ngpt"], [STEP], ["--seq-length"], "expected a value"),
+    (["ngpt"], [STEP], ["--no-such-flag"], "unknown argument"),
 ])
 def test_bad_plans_are_refused(tmp_path, models, budgets, extra, message):
     with pytest.raises(SweepError, match=message):
@@ -58,11 +55,12 @@ def test_bad_plans_are_refused(tmp_path, models, budgets, extra, message):
 
 
 def test_manifest_round_trip_with_relative_run_dirs(tmp_path):
-    sweep = plan_sweep(["ngpt", "gpt2"], [STEP, 2 * STEP], CONFIGS, tmp_path / "a", ["--x"])
+    sweep = plan_sweep(["ngpt", "gpt2"], [STEP, 2 * STEP], CONFIGS, tmp_path / "a",
+                       ["--device", "cpu"])
     write_manifest(sweep)
     (tmp_path / "a").rename(tmp_path / "b")
     loaded = load_manifest(tmp_path / "b")
-    assert loaded.runs == sweep.runs and loaded.extra_args == ["--x"]
+    assert loaded.runs == sweep.runs and loaded.extra_args == ["--device", "cpu"]
     assert loaded.run_path(loaded.runs[0]) == tmp_path / "b" / "ngpt_2048"
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["sweep.json"]  # no temp files
 
@@ -87,13 +85,12 @@ def test_dry_run_prints_torchrun_commands(tmp_path):
     argv = shlex.split(lines[1])
     assert argv[argv.index("-m", 3) + 1] == "megatron_ngpt.train"
     assert "--nproc_per_node=2" in argv
-    # positional overrides must come right after --config, flags after them
+    # the run's length, then the sweep's trainer arguments, then the run directory
     config = argv.index("--config")
-    assert argv[config + 2: config + 6] == [
+    assert argv[config + 2:] == [
         f"training.train_tokens={2 * STEP}", "training.train_iters=0",
-        "optimizer.warmup_steps=0", "training.eval_iters=2"]
-    assert argv[config + 6: config + 8] == ["--save", str(tmp_path / "ngpt_4096")]
-    assert argv[-2:] == ["--device", "cpu"]
+        "optimizer.warmup_steps=0", "--device", "cpu", "training.eval_iters=2",
+        "--save", str(tmp_path / "ngpt_4096")]
     assert not (tmp_path / "ngpt_2048").exists()
 
 
@@ -103,8 +100,8 @@ def test_slurm_submission_passes_the_launch_contract(tmp_path):
     assert cmd[:2] == ["sbatch", "--parsable"] and "--nodes=2" in cmd
     assert cmd[-1].startswith("--wrap=exec bash ") and cmd[-1].endswith("slurm/launch.sh")
     assert env["CONFIG"] == str(CONFIGS["gpt2"]) and env["RUN_DIR"] == str(tmp_path / "gpt2_2048")
-    assert env["OVERRIDES"].split() == sweep.runs[0].overrides + ["data.split=1,1"]
-    assert env["TRAIN_ARGS"] == "--lr 1e-3"
+    assert env["OVERRIDES"].split() == sweep.runs[0].overrides
+    assert env["TRAIN_ARGS"] == "--lr 1e-3 data.split=1,1"
     lines = []
     submit_slurm(sweep, dry_run=True, log=lines.append)
     assert lines[0].startswith("CONFIG=") and "sbatch --parsable" in lines[0]

@@ -3,11 +3,9 @@ trained on it, and that corpus preprocessed into an indexed dataset. Built once 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -53,16 +51,3 @@ def tiny_dataset_prefix(data_dir: Path, tiny_corpus: Path, sp_tokenizer_path: Pa
     stats = preprocess(str(data_dir / "tiny"), str(sp_tokenizer_path), [str(tiny_corpus)],
                        progress=False)
     return stats.outputs[0]
-
-
-@pytest.fixture(scope="session")
-def tool():
-    """`tool("preprocess_data")` is tools/preprocess_data.py as a module: tests call its `main`
-    in-process (a fresh interpreter would spend seconds importing megatron-core)."""
-    def load(name: str) -> ModuleType:
-        path = Path(__file__).resolve().parents[2] / "tools" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    return load

@@ -9,7 +9,7 @@ import torch
 from megatron_ngpt.config import ConfigError, DataConfig
 from megatron_ngpt.data.datasets import build_datasets, parse_blend
 from megatron_ngpt.data.indexed import IndexedDatasetWriter
-from tests.launch import torchrun
+from tests.distributed import run_on_ranks
 
 SEQ = 16
 RANGES = {"a": (100, 200), "b": (300, 400)}  # token ids per dataset: a sample shows its source
@@ -86,8 +86,7 @@ def test_blend_parsing_and_errors(two_prefixes, sp_tokenizer, tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_build_the_same_datasets(two_prefixes, sp_tokenizer_path, tmp_path):
-    torchrun(2, "tests/data/build_worker.py", two_prefixes["a"], two_prefixes["b"],
-             str(sp_tokenizer_path), str(tmp_path))
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    rank0, rank1 = run_on_ranks(2, "tests.data.build_worker:first_samples", two_prefixes["a"],
+                                two_prefixes["b"], str(sp_tokenizer_path), str(tmp_path / "cache"))
     assert torch.equal(rank0, rank1) and rank0.shape == (8, SEQ)
     assert len(list(tmp_path.glob("cache/*.npy"))) > 0

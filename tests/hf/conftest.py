@@ -1,4 +1,4 @@
-"""Fixtures for export/eval tests: a tiny SentencePiece tokenizer, a one-rank world, tiny models.
+"""Fixtures for export/eval tests: a tiny SentencePiece tokenizer and tiny models, exported.
 
 Everything runs offline: the Hugging Face hub and datasets are switched to offline mode before
 transformers, datasets or lm-eval are imported.
@@ -6,11 +6,9 @@ transformers, datasets or lm-eval are imported.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 from pathlib import Path
-from types import ModuleType
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -19,12 +17,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from megatron_ngpt.config import Config, load_config, padded_vocab_size  # noqa: E402
-from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed  # noqa: E402
+from megatron_ngpt.config import Config, padded_vocab_size  # noqa: E402
+from tests.tiny import tiny_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
-        "model.ffn_hidden_size=128", "data.seq_length=64"]
 WORDS = ("the a one two cat dog bird sat ran flew on under over mat tree house river hill "
          "big small red green quick slow happy tired morning night, and but then. "
          "Café naïve 42 1999").split()
@@ -35,14 +30,6 @@ def sample_text(seed: int, lines: int) -> str:
     rng = random.Random(seed)
     return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14)))
                      for _ in range(lines))
-
-
-def load_tool(name: str) -> ModuleType:
-    """A script of tools/ as a module, so that tests call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -62,24 +49,17 @@ def sp_model(tmp_path_factory) -> Path:
     return root / "tiny.model"
 
 
-@pytest.fixture(scope="session")
-def single_rank():
-    dims = init_distributed(1, 1, "cpu")
-    yield dims
-    shutdown_distributed()
-
-
-def tiny_config(arch: str, sp_model: Path, *overrides: str) -> Config:
-    """configs/tiny/<arch>.yaml shrunk to 2 layers, d=64, 4 heads, ffn=128, context 64."""
-    return load_config(REPO / "configs" / "tiny" / f"{arch}.yaml",
-                       [*TINY, f"data.tokenizer_model={sp_model}", *overrides])
+def hf_config(arch: str, sp_model: Path, *overrides: str) -> Config:
+    """The tiny model of `arch` at context 64 with the `sp_model` tokenizer."""
+    return tiny_config(arch, "data.seq_length=64", f"data.tokenizer_model={sp_model}", *overrides)
 
 
 @torch.no_grad()
 def build_model(config: Config, seed: int = 0):
     """A TP=1 `LanguageModel` at random init, with every vector parameter (scaling vectors,
     norm weights and biases) perturbed so that no two entries are equal."""
-    from megatron_ngpt.models.language_model import LanguageModel, build_transformer_config
+    from megatron_ngpt.models.language_model import LanguageModel
+    from megatron_ngpt.models.transformer_config import build_transformer_config
 
     torch.manual_seed(seed)
     vocab = padded_vocab_size(300, config.model.make_vocab_size_divisible_by, 1)
@@ -109,7 +89,7 @@ def exported(tmp_path_factory, sp_model, single_rank):
     def get(arch: str, *overrides: str):
         key = (arch, *overrides)
         if key not in cache:
-            config = tiny_config(arch, sp_model, *overrides)
+            config = hf_config(arch, sp_model, *overrides)
             model = build_model(config)
             folder = tmp_path_factory.mktemp("export") / "_".join(key).replace("=", "-")
             cache[key] = model, export_to_hf(config, model.state_dict(), sp_model, folder, "fp32")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_ngpt.hf.parity import assert_logit_parity, greedy_decode, load_hf_model
-from megatron_ngpt.models.language_model import LanguageModel, build_transformer_config
+from megatron_ngpt.cli import checkpoint_to_hf
+from megatron_ngpt.models.language_model import LanguageModel
+from megatron_ngpt.models.transformer_config import build_transformer_config
 from megatron_ngpt.training.checkpoint import load_consolidated
-from tests.hf.conftest import load_tool
+from tests.hf.parity import assert_logit_parity, greedy_decode, load_hf_model
 from tests.training.trainer_runs import train
 
 LAYOUTS = {
@@ -31,8 +32,7 @@ def test_export_matches_the_trained_model(arch, layout, tmp_path, single_rank,
     run_dir, out_dir = tmp_path / "run", tmp_path / "hf"
     train(2, run_dir, arch, tiny_dataset_prefix, sp_tokenizer_path, "--train-iters", "2",
           *LAYOUTS[layout])
-    tool = load_tool("checkpoint_to_hf")
-    assert tool.main(["--checkpoint", str(run_dir), "--output", str(out_dir),
+    assert checkpoint_to_hf.main(["--checkpoint", str(run_dir), "--output", str(out_dir),
                       "--dtype", "fp32"]) == 0
 
     cfg, state, _ = load_consolidated(run_dir)

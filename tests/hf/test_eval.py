@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from megatron_ngpt.cli import eval as eval_cli
 from megatron_ngpt.eval.harness import TASK_GROUPS, expand_tasks
-from tests.hf.conftest import REPO, load_tool
+from tests.distributed import REPO
 
 TASKS = "tiny_choice,tiny_cloze"
 INCLUDE = "megatron_ngpt/eval/tasks"
@@ -41,15 +42,15 @@ def test_eval_tool_writes_results(exported, tmp_path, monkeypatch, capsys):
     _, folder = exported("gpt2")
     monkeypatch.chdir(REPO)
     out = tmp_path / "results"
-    code = load_tool("eval").main(["--model", str(folder), "--tasks", TASKS, "--include-path",
-                                   INCLUDE, "--limit", "4", "--output", str(out)])
+    code = eval_cli.main(["--model", str(folder), "--tasks", TASKS, "--include-path", INCLUDE,
+                          "--limit", "4", "--output", str(out)])
     assert code == 0
     _check_results(json.loads((out / "results.json").read_text())["results"])
     table = (out / "results.md").read_text()
     assert all(word in table for word in ("tiny_choice", "tiny_cloze", "acc_norm", "perplexity"))
     assert "Limited to 4 documents" in table
-    assert load_tool("eval").main(["--model", str(folder), "--tasks", "no_such_task",
-                                   "--output", str(out)]) == 1
+    assert eval_cli.main(["--model", str(folder), "--tasks", "no_such_task",
+                          "--output", str(out)]) == 1
     assert "unknown lm-eval tasks: no_such_task" in capsys.readouterr().err
 
 

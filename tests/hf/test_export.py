@@ -9,16 +9,17 @@ import sys
 import pytest
 import torch
 
+from megatron_ngpt.cli import checkpoint_to_hf
 from megatron_ngpt.hf.export import ExportError, export_to_hf
-from megatron_ngpt.hf.parity import (
+from megatron_ngpt.hf.state_dict_adapter import StateDictError, ngpt_scale_multipliers
+from megatron_ngpt.models.scaling import ScalingVector
+from tests.hf.conftest import build_model, hf_config, sample_text
+from tests.hf.parity import (
     assert_logit_parity,
     greedy_decode,
     language_model_logits,
     load_hf_model,
 )
-from megatron_ngpt.hf.state_dict_adapter import StateDictError, ngpt_scale_multipliers
-from megatron_ngpt.models.scaling import ScalingVector
-from tests.hf.conftest import build_model, load_tool, sample_text, tiny_config
 
 VARIANTS = {
     "ngpt": ("ngpt",),
@@ -34,7 +35,7 @@ def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_scale_multipliers_match_the_model(single_rank, sp_model):
-    config = tiny_config("ngpt", sp_model)
+    config = hf_config("ngpt", sp_model)
     model = build_model(config)
     expected = ngpt_scale_multipliers(config.model)
     seen = 0
@@ -124,7 +125,7 @@ def test_tokenizer_encodes_like_sentencepiece(exported, sp_model):
 
 def test_bf16_export_is_bf16(exported, sp_model, tmp_path):
     model, _ = exported("ngpt")
-    folder = export_to_hf(tiny_config("ngpt", sp_model), model.state_dict(), sp_model,
+    folder = export_to_hf(hf_config("ngpt", sp_model), model.state_dict(), sp_model,
                           tmp_path / "bf16", dtype="bf16")
     hf = load_hf_model(folder, dtype="auto")
     assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}
@@ -133,7 +134,7 @@ def test_bf16_export_is_bf16(exported, sp_model, tmp_path):
 
 def test_occupied_output_folder_needs_overwrite(exported, sp_model, tmp_path):
     model, _ = exported("gpt2")
-    config, state = tiny_config("gpt2", sp_model), model.state_dict()
+    config, state = hf_config("gpt2", sp_model), model.state_dict()
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("keep me")
@@ -149,16 +150,16 @@ def test_bad_state_dict_leaves_nothing_behind(exported, sp_model, tmp_path):
     state = dict(model.state_dict())
     del state["layers.1.layer.mlp.s_v.weight"]
     with pytest.raises(StateDictError, match="layers.1.layer.mlp.s_v.weight"):
-        export_to_hf(tiny_config("ngpt", sp_model), state, sp_model, tmp_path / "out", "fp32")
+        export_to_hf(hf_config("ngpt", sp_model), state, sp_model, tmp_path / "out", "fp32")
     gpt2_state = exported("gpt2")[0].state_dict()
     with pytest.raises(StateDictError, match="unexpected parameters|has no"):
-        export_to_hf(tiny_config("ngpt", sp_model), gpt2_state, sp_model, tmp_path / "out")
+        export_to_hf(hf_config("ngpt", sp_model), gpt2_state, sp_model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoint_tool_reports_missing_checkpoint(tmp_path, capsys):
-    tool = load_tool("checkpoint_to_hf")
-    code = tool.main(["--checkpoint", str(tmp_path / "no_run"), "--output", str(tmp_path / "out")])
+    code = checkpoint_to_hf.main(["--checkpoint", str(tmp_path / "no_run"),
+                                  "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("error:") and "no_run" in err

@@ -1,4 +1,5 @@
-"""Three gloo ranks normalize their flat partitions with one all-reduce (test_normalize.py).
+"""Three gloo ranks normalize their flat partitions with one all-reduce (test_normalize.py, through
+`run_on_ranks`).
 
 Every rank builds the same matrices, keeps only its piece of the flat buffer, normalizes it with
 `normalize_fragments_(..., group)`, and the pieces put back together must equal the matrices
@@ -36,17 +37,12 @@ def check(dtype: torch.dtype, bounds: list[int]) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=TOL[dtype])
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
+def check_all() -> int:
+    """Every partition case in both dtypes; returns how many were checked."""
     total = flatten(make_matrices(torch.float32)).numel()
     cases = [random_bounds(total, 3, seed) for seed in range(4)]
     cases += [[0, 0, 40, total], [0, 61, 65, total], [0, total, total, total]]
     for dtype in (torch.float64, torch.float32):
         for bounds in cases:
             check(dtype, bounds)
-    print("normalize_worker ok", flush=True)
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+    return 2 * len(cases)

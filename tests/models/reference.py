@@ -1,6 +1,6 @@
 """An independent nanoGPT-style reference of nGPT and the GPT-2 baseline, in plain torch.
 
-Written from the shared math notes (`ngpt-math.md`), not from `megatron_ngpt.models`: weights are
+Written from the math (`docs/ngpt-math.md`), not from `megatron_ngpt.models`: weights are
 plain tensors in torch `Linear` layout ``[out, in]``, scaling vectors are the *effective* values,
 attention is an explicit masked softmax. RoPE is Hugging Face Llama's half-split `rotate_half`
 with base 10000 and its float32 angle table (cast to the activation dtype), which is what

@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from megatron_ngpt.models.language_model import LanguageModel, build_transformer_config
-from tests.models.conftest import tiny_model_config
+from megatron_ngpt.models.language_model import LanguageModel
+from megatron_ngpt.models.transformer_config import build_transformer_config
+from tests.tiny import tiny_config
 
 ARCHS = ["ngpt", "gpt2"]
 
 
 def _model(arch: str, *overrides: str) -> LanguageModel:
-    config = build_transformer_config(tiny_model_config(arch, *overrides), 256)
+    config = build_transformer_config(tiny_config(arch, *overrides).model, 256)
     return LanguageModel(config)
 
 

@@ -8,13 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_ngpt.models.language_model import (
-    LanguageModel,
-    build_transformer_config,
-    language_model_loss,
-)
-from tests.models.conftest import tiny_model_config
+from megatron_ngpt.models.language_model import LanguageModel, language_model_loss
+from megatron_ngpt.models.transformer_config import build_transformer_config
 from tests.models.reference import RefConfig, Weights, gpt2_forward, ngpt_forward
+from tests.tiny import tiny_config
 
 VOCAB = 256
 
@@ -73,7 +70,7 @@ def _perturb_vectors_(model: LanguageModel) -> None:
     ("ngpt", "RMSNorm"), ("gpt2", "RMSNorm"), ("gpt2", "LayerNorm"),
 ])
 def test_logits_and_loss_match_reference(single_rank, arch: str, normalization: str) -> None:
-    cfg = tiny_model_config(arch, f"model.normalization={normalization}")
+    cfg = tiny_config(arch, f"model.normalization={normalization}").model
     torch.manual_seed(0)
     model = LanguageModel(build_transformer_config(cfg, VOCAB, params_dtype=torch.float64))
     model = model.double().eval()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron_ngpt.summary import format_table, parameter_rows
-from tests.launch import REPO
+from tests.distributed import REPO
 
 V, D, FF, L = 32000, 1024, 4096, 24
 MATRICES = 2 * V * D + L * (4 * D * D + 3 * FF * D)  # embedding, head; QKV + W_o, SwiGLU

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from tests.launch import torchrun
+from tests.distributed import run_on_ranks
 
 TP_SIZES = (1, 2, 4)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[int, dict]:
-    out = tmp_path_factory.mktemp("tp")
-    results = {}
-    for tp in TP_SIZES:
-        path = Path(out, f"tp{tp}.pt")
-        torchrun(tp, "-m", "tests.models.tp_worker", str(path), str(tp), timeout=300)
-        results[tp] = torch.load(path)
-    return results
+def runs() -> dict[int, dict]:
+    return {tp: run_on_ranks(tp, "tests.models.tp_worker:run_both", tp, timeout=300)[0]
+            for tp in TP_SIZES}
 
 
 @pytest.mark.slow

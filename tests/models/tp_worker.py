@@ -1,23 +1,22 @@
-"""One tensor-parallel run of both tiny models (launched by test_tensor_parallel.py).
+"""One tensor-parallel run of both tiny models (test_tensor_parallel.py, through `run_on_ranks`).
 
 Every rank builds the model with the same seed (megatron's CPU init then makes the same full
 matrices at any TP), runs forward and backward, takes a plain SGD step that moves the matrices
 off the sphere, and re-normalizes with `normalize_model_`. Rank 0 saves the full (gathered)
-logits, loss, gradients and normalized matrices to the file named on the command line.
+logits, loss, gradients and normalized matrices (the other ranks return None).
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_ngpt.models.language_model import LanguageModel, build_transformer_config
+from megatron_ngpt.models.language_model import LanguageModel
 from megatron_ngpt.models.normalize import normalize_model_, normalized_dim
-from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
-from tests.models.conftest import tiny_model_config
+from megatron_ngpt.models.transformer_config import build_transformer_config
+from megatron_ngpt.parallel.state import init_distributed
+from tests.tiny import tiny_config
 
 VOCAB = 256
 
@@ -43,8 +42,8 @@ def gather_param(param: torch.nn.Parameter, value: torch.Tensor) -> torch.Tensor
 
 def run(arch: str) -> dict[str, object]:
     torch.manual_seed(1234)
-    model = LanguageModel(build_transformer_config(tiny_model_config(arch), VOCAB,
-                                                   parallel_state.get_tensor_model_parallel_world_size()))
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    model = LanguageModel(build_transformer_config(tiny_config(arch).model, VOCAB, tp))
     gen = torch.Generator().manual_seed(0)
     tokens, labels = torch.randint(0, VOCAB, (2, 2, 16), generator=gen)
     logits = model(tokens)
@@ -75,13 +74,8 @@ def run(arch: str) -> dict[str, object]:
             "normalized": normalized}
 
 
-def main(out_path: str, tp: int) -> None:
+def run_both(tp: int) -> dict[str, dict[str, object]] | None:
+    """Both models at tensor-parallel size `tp`: rank 0's full results, None elsewhere."""
     init_distributed(tp, 1, "cpu")
     results = {arch: run(arch) for arch in ("ngpt", "gpt2")}
-    if dist.get_rank() == 0:
-        torch.save(results, out_path)
-    shutdown_distributed()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    return results if dist.get_rank() == 0 else None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch import DIST_VARIABLES
+from tests.distributed import DIST_VARIABLES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -1,14 +1,12 @@
-"""Worker: a few DeepSpeed steps of tiny nGPT, then check unit norms in master and model weights.
-
-Usage (under torchrun): renorm_worker.py ZERO_STAGE PRECISION PP
-Sizes and rank counts are chosen so that ZeRO partitions cut rows of normalized matrices
-(asserted): a vocabulary of 255 rows for ZeRO-3's halves, 3 data-parallel ranks for ZeRO-1/2.
+"""A few DeepSpeed steps of tiny nGPT, then unit norms in master and model weights, on every rank
+(test_renormalization.py, through `run_on_ranks`). Sizes and rank counts are chosen so that ZeRO
+partitions cut rows of normalized matrices (asserted): a vocabulary of 255 rows for ZeRO-3's
+halves, 3 data-parallel ranks for ZeRO-1/2.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import deepspeed
 import torch
@@ -16,12 +14,12 @@ import torch.distributed as dist
 from deepspeed.utils import safe_get_full_fp32_param
 from megatron.core import parallel_state as ps
 
-from megatron_ngpt.config import load_config
-from megatron_ngpt.models.language_model import build_transformer_config
 from megatron_ngpt.models.normalize import normalized_dim
-from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
+from megatron_ngpt.models.transformer_config import build_transformer_config
+from megatron_ngpt.parallel.state import init_distributed
 from megatron_ngpt.training.engine import build_engine
-from megatron_ngpt.training.optimizer import master_copies
+from megatron_ngpt.training.trainer import build_model
+from tests.tiny import tiny_config
 
 VOCAB, SEQ, MBS = 255, 16, 2
 
@@ -42,20 +40,19 @@ def split_rows(params) -> int:
     return cuts
 
 
-def main() -> None:
-    zero, precision, pp = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def check(zero: int, precision: str, pp: int) -> dict[str, object]:
+    """Train 3 steps, assert unit norms; returns how many vectors partitions cut, and the path."""
     dp = int(os.environ["WORLD_SIZE"]) // pp
-    cfg = load_config("configs/tiny/ngpt.yaml", [
-        f"model.vocab_size={VOCAB}", "model.num_layers=2", "model.hidden_size=64",
-        "model.ffn_hidden_size=96", f"parallel.zero_stage={zero}",
-        f"training.precision={precision}",
+    cfg = tiny_config("ngpt",
+        f"model.vocab_size={VOCAB}", "model.ffn_hidden_size=96", f"parallel.zero_stage={zero}",
+        f"training.precision={precision}", f"parallel.pipeline_model_parallel_size={pp}",
         f"training.micro_batch_size={MBS}", f"training.global_batch_size={MBS * dp * 2}",
         "optimizer.lr=0.02",
-    ])
+    )
     dims = init_distributed(1, pp, "cpu")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model_config = build_transformer_config(cfg.model, VOCAB, 1, pp, dtype)
-    eng = build_engine(cfg, model_config, dims, total_steps=10)
+    eng = build_engine(cfg, build_model(model_config, dims), dims, total_steps=10)
     generator = torch.Generator().manual_seed(ps.get_data_parallel_rank())
     for _ in range(3):
         batches = [torch.randint(0, VOCAB, (MBS, SEQ + 1), generator=generator)
@@ -68,25 +65,30 @@ def main() -> None:
                 eng.engine.backward(eng.engine(b[:, :-1], labels=b[:, 1:]))
                 eng.engine.step()
     params = [p for p in eng.module.parameters() if normalized_dim(p) is not None]
-    copies = master_copies(eng.engine.optimizer)
     cuts = torch.tensor([split_rows(params)])
     dist.all_reduce(cuts)
     assert zero == 0 or cuts.item() > 0, "no partition boundary cut a normalized vector"
     for p in params:
         dim = normalized_dim(p)
+        # DeepSpeed's own accessor (independent of parallel/masters.py) for ZeRO 1-3; ZeRO-0
+        # has none: the parameter itself (fp32) or its fp32 copy in the optimizer (bf16).
         master = safe_get_full_fp32_param(p)
-        if master is None:  # ZeRO-0: the parameter (fp32) or its fp32 copy (bf16)
-            master = copies.get(id(p), p).detach()
+        if master is None:
+            master = _zero0_master(eng.engine.optimizer, p)
         err = (master.float().norm(dim=dim) - 1).abs().max().item()
         assert err < 1e-5, f"master weight not unit-norm along dim {dim}: {err}"
         with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
             model_err = (p.detach().float().norm(dim=dim) - 1).abs().max().item()
         tolerance = 1e-2 if precision == "bf16" else 1e-5
         assert model_err < tolerance, f"model weight not unit-norm along dim {dim}: {model_err}"
-    if dist.get_rank() == 0:
-        print(f"OK {len(params)} matrices, {cuts.item()} cut vectors, path {eng.renormalization}")
-    shutdown_distributed()
+    return {"matrices": len(params), "cut_vectors": cuts.item(), "path": eng.renormalization}
 
 
-if __name__ == "__main__":
-    main()
+def _zero0_master(optimizer, param: torch.Tensor) -> torch.Tensor:
+    """ZeRO-0's master of `param`, read from DeepSpeed's `FP16_UnfusedOptimizer` groups."""
+    for lp_group, hp_group in zip(getattr(optimizer, "fp16_groups", []),
+                                  getattr(optimizer, "fp32_groups", []), strict=False):
+        for lp, hp in zip(lp_group, hp_group, strict=True):
+            if lp is param:
+                return hp.detach()
+    return param.detach()

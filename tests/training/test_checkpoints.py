@@ -20,8 +20,9 @@ from megatron_ngpt.training.checkpoint import (
     step_dir_name,
     verify,
 )
-from tests.launch import REPO, free_port
-from tests.training.trainer_runs import SMALL, assert_close, losses, train
+from tests.distributed import REPO, free_port
+from tests.tiny import TINY_RUN
+from tests.training.trainer_runs import assert_close, losses, train
 
 STEPS, HALF = 6, 3
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def test_resume_into_another_layout(layout, straight, tmp_path, tiny_dataset_pre
 def _trainer_command(run_dir: Path, data: str, tokenizer: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
             "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-            "-m", "megatron_ngpt.train", "--config", "configs/tiny/ngpt.yaml", *SMALL,
+            "-m", "megatron_ngpt.train", "--config", "configs/tiny/ngpt.yaml", *TINY_RUN,
             "--data-path", data, "--tokenizer-model", str(tokenizer), "--save", str(run_dir),
             "--log-interval", "1", "--device", "cpu", "--train-iters", str(STEPS),
             "--zero-stage", "1", "--save-interval", "1"]

@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.launch import torchrun
-
-# A model small enough for many CPU runs; 2 layers so that PP=2 splits it.
-SMALL = ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
-         "model.ffn_hidden_size=128", "data.seq_length=32", "training.micro_batch_size=2",
-         "training.global_batch_size=8", "training.eval_interval=0",
-         "logging.progress_bar=false"]
+from tests.distributed import torchrun
+from tests.tiny import TINY_RUN
 
 
 def train(nproc: int, run_dir: Path, arch: str, data_prefix: str, tokenizer: Path, *flags: str,
           check: bool = True):
-    """Train `arch` (tiny config, SMALL overrides) into `run_dir`; extra flags win."""
+    """Train `arch` (tiny config, TINY_RUN overrides) into `run_dir`; extra flags win."""
     return torchrun(nproc, "-m", "megatron_ngpt.train", "--config", f"configs/tiny/{arch}.yaml",
-                    *SMALL, "--data-path", data_prefix, "--tokenizer-model", str(tokenizer),
+                    *TINY_RUN, "--data-path", data_prefix, "--tokenizer-model", str(tokenizer),
                     "--save", str(run_dir), "--log-interval", "1", "--device", "cpu", *flags,
                     check=check)
 

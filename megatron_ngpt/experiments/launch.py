@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from megatron_ngpt.analysis.runs import is_complete
-from megatron_ngpt.analysis.sweep import Sweep, SweepRun, split_trainer_args, write_manifest
 from megatron_ngpt.analysis.tokens import format_tokens
+from megatron_ngpt.experiments.manifest import Sweep, SweepRun, write_manifest
 
-SLURM_SCRIPT = Path(__file__).resolve().parents[2] / "slurm" / "launch.sh"
+SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "launch.sh"
 
 
 class LaunchError(RuntimeError):
@@ -27,20 +27,16 @@ class LaunchError(RuntimeError):
 
 
 def local_command(sweep: Sweep, run: SweepRun, nproc: int) -> list[str]:
-    overrides, flags = split_trainer_args(sweep.extra_args)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "megatron_ngpt.train",
-            "--config", run.config, *run.overrides, *overrides,
-            "--save", str(sweep.run_path(run)), *flags]
+            f"--nproc_per_node={nproc}", "-m", "megatron_ngpt.train", *sweep.trainer_args(run)]
 
 
 def slurm_submission(sweep: Sweep, run: SweepRun,
                      sbatch_args: list[str]) -> tuple[list[str], dict[str, str]]:
     """The sbatch command and the environment variables slurm/launch.sh reads."""
     run_dir = sweep.run_path(run)
-    overrides, flags = split_trainer_args(sweep.extra_args)
-    env = {"CONFIG": run.config, "RUN_DIR": str(run_dir),
-           "OVERRIDES": " ".join(run.overrides + overrides), "TRAIN_ARGS": shlex.join(flags)}
+    env = {"CONFIG": run.config, "RUN_DIR": str(run_dir), "OVERRIDES": " ".join(run.overrides),
+           "TRAIN_ARGS": shlex.join(sweep.extra_args), "PYTHON": sys.executable}
     # --wrap, not the script itself: sbatch runs a spool copy of a script, from which
     # launch.sh could not find the repository.
     cmd = ["sbatch", "--parsable", f"--job-name=sweep-{run.run_dir}",

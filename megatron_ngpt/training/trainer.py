@@ -1,4 +1,10 @@
-"""The training loop: steps, validation, logging, checkpoints and preemption."""
+"""The trainer: builds tokenizer, model, DeepSpeed engine, data and checkpointer from a
+:class:`Config`, then runs the loop (steps, validation, logging, checkpoints, preemption).
+
+`Trainer.build` needs only a started process group (`parallel.state.init_distributed`), so a
+one-process run works in-process, e.g. in a test; `python -m megatron_ngpt.train` parses the
+command line and hands over to it.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 from megatron.core import parallel_state as ps
 
-from megatron_ngpt.config import Config
+from megatron_ngpt.config import Config, ConfigError
+from megatron_ngpt.data.datasets import build_datasets
 from megatron_ngpt.data.sampler import MicroBatchLoader
+from megatron_ngpt.data.tokenizer import load_tokenizer
 from megatron_ngpt.log import get_logger
-from megatron_ngpt.parallel.pipeline import language_model_name
+from megatron_ngpt.models.language_model import LanguageModel
+from megatron_ngpt.models.transformer_config import LMTransformerConfig, build_transformer_config
+from megatron_ngpt.parallel.pipeline import build_pipeline_module, language_model_name
 from megatron_ngpt.parallel.state import ParallelDims
-from megatron_ngpt.training.checkpoint import Checkpointer
-from megatron_ngpt.training.engine import Engine
-from megatron_ngpt.training.metrics import MetricsLogger, Throughput, memory_gb
+from megatron_ngpt.training.checkpoint import Checkpointer, resolve_step
+from megatron_ngpt.training.engine import Engine, build_engine
+from megatron_ngpt.training.metrics import MetricsLogger, Throughput, flops_per_token, memory_gb
 
 PREEMPTED_EXIT_CODE = 3  # "checkpoint saved, please requeue" for the SLURM launcher
 log = get_logger()
@@ -56,6 +67,21 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def build_model(config: LMTransformerConfig, dims: ParallelDims) -> torch.nn.Module:
+    """The whole `LanguageModel`, or this rank's pipeline stages of it."""
+    if dims.pp > 1:
+        return build_pipeline_module(config, dims.tp, dims.pp, dims.dp)
+    return LanguageModel(config)
+
+
+def eval_sample_counts(cfg: Config, steps: int) -> tuple[int, int, int]:
+    """Samples the train, valid and test splits must provide for a run of `steps` steps."""
+    t = cfg.training
+    evals = steps // t.eval_interval + 1 if t.eval_interval else 1
+    return (steps * t.global_batch_size, evals * t.eval_iters * t.global_batch_size,
+            t.eval_iters * t.global_batch_size)
+
+
 class Trainer:
     """Drives a DeepSpeed engine over the data for `total_steps` optimizer steps."""
 
@@ -68,8 +94,41 @@ class Trainer:
         self.state = TrainState()
         self.checkpointer = Checkpointer(run_dir, cfg.training.keep_last)
         self.flops_per_token = flops_per_token
-        self.tokens_per_step = cfg.training.global_batch_size * cfg.data.seq_length
+        self.tokens_per_step = cfg.tokens_per_step
         self.preemption = PreemptionFlag()
+
+    @classmethod
+    def build(cls, cfg: Config, dims: ParallelDims) -> Trainer:
+        """Everything a run needs, on the process groups of `dims`; resumes from the run's
+        latest complete checkpoint (or `training.load`) when there is one."""
+        t, p = cfg.training, cfg.parallel
+        steps = cfg.validate_for_training(dims.world_size).total_steps()
+        torch.manual_seed(t.seed)
+        tokenizer = load_tokenizer(cfg.data.tokenizer_model)
+        vocab = cfg.model_vocab_size(tokenizer.vocab_size, dims.tp)
+        cfg.model.vocab_size = vocab
+        run_dir = Path(t.save)
+        if dims.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        model_config = build_transformer_config(
+            cfg.model, vocab, dims.tp, dims.pp,
+            torch.bfloat16 if t.precision == "bf16" else torch.float32,
+            p.activation_checkpointing, init_seed=t.seed)
+        engine = build_engine(cfg, build_model(model_config, dims), dims, steps)
+        datasets = build_datasets(cfg.data, tokenizer, cfg.data.seq_length,
+                                  eval_sample_counts(cfg, steps), t.seed,
+                                  cfg.data.cache_dir or str(run_dir / "data_cache"))
+        trainer = cls(cfg, dims, engine, datasets, steps, run_dir, flops_per_token(cfg, vocab))
+        found = resolve_step(t.load or run_dir)
+        if found is not None:
+            trainer.resume(found[0])
+        elif t.load:
+            raise ConfigError(f"training.load: no complete checkpoint under {t.load}")
+        log.info("training %s: %d steps, TP=%d PP=%d DP=%d ZeRO-%d, %s, renormalization: %s",
+                 cfg.model.arch, steps, dims.tp, dims.pp, dims.dp, p.zero_stage, t.precision,
+                 engine.renormalization)
+        return trainer
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -89,12 +148,12 @@ class Trainer:
 
     def save(self) -> None:
         state = {**self.state.to_dict(), "layout": self.layout()}
-        path = self.checkpointer.save(self.eng.engine, self.state.step, state, self.cfg,
+        path = self.checkpointer.save(self.eng, self.state.step, state, self.cfg,
                                       self.named_parameters())
         log.info("saved checkpoint %s", path)
 
     def resume(self, directory: Path) -> None:
-        saved = self.checkpointer.load(self.eng.engine, directory, self.layout(),
+        saved = self.checkpointer.load(self.eng, directory, self.layout(),
                                        self.named_parameters())
         self.state = TrainState(saved["step"], saved["consumed_samples"], saved["tokens"])
         log.info("resumed from %s (step %d, %d samples consumed)", directory, self.state.step,

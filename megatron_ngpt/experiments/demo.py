@@ -18,18 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_ngpt.analysis.compare import LOSS_PLOT, SWEEP_PLOT, compare
-from megatron_ngpt.analysis.launch import describe, local_command, run_local
 from megatron_ngpt.analysis.report import markdown_table
 from megatron_ngpt.analysis.runs import load_run
-from megatron_ngpt.analysis.stages import Stage, StageRunner
-from megatron_ngpt.analysis.sweep import Sweep, plan_sweep, write_manifest
 from megatron_ngpt.analysis.tokens import format_tokens
+from megatron_ngpt.arguments import parse_train_args
+from megatron_ngpt.config import packaged_configs
+from megatron_ngpt.experiments.launch import describe, local_command, run_local
+from megatron_ngpt.experiments.manifest import Sweep, write_manifest
+from megatron_ngpt.experiments.stages import Stage, StageRunner
+from megatron_ngpt.experiments.sweep import plan_sweep
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_CONFIGS = REPO / "configs" / "tiny"
-TASKS_DIR = REPO / "megatron_ngpt" / "eval" / "tasks"
+TINY_CONFIGS = packaged_configs() / "tiny"
+TASKS_DIR = Path(__file__).resolve().parents[1] / "eval" / "tasks"
 MODELS = ("ngpt", "gpt2")
-TOKENS_PER_STEP = 16 * 128  # the tiny configs: global batch 16 x sequence length 128
+
+
+def tokens_per_step() -> int:
+    """Tokens of one step of the tiny configs (both models train on the same batches)."""
+    steps = {parse_train_args(["--config", str(TINY_CONFIGS / f"{m}.yaml")]).tokens_per_step
+             for m in MODELS}
+    if len(steps) != 1:
+        raise ValueError(f"the tiny configs disagree on tokens per step: {sorted(steps)}")
+    return steps.pop()
 
 
 @dataclass
@@ -48,11 +58,12 @@ class DemoSettings:
     def default(cls, out: Path, quick: bool = False, nproc: int = 1,
                 tasks: list[str] | None = None, tasks_dir: Path = TASKS_DIR) -> DemoSettings:
         tasks = local_tasks(tasks_dir) if tasks is None else tasks
+        step = tokens_per_step()
         if quick:  # a few steps per model: checks the plumbing, not the models
-            return cls(Path(out), [2 * TOKENS_PER_STEP, 4 * TOKENS_PER_STEP], 1024, nproc, 2,
-                       tasks, tasks_dir, eval_limit=8, quick=True)
-        return cls(Path(out), [s * TOKENS_PER_STEP for s in (40, 80, 160)], 4096, nproc, 16,
-                   tasks, tasks_dir)
+            return cls(Path(out), [2 * step, 4 * step], 1024, nproc, 2, tasks, tasks_dir,
+                       eval_limit=8, quick=True)
+        return cls(Path(out), [s * step for s in (40, 80, 160)], 4096, nproc, 16, tasks,
+                   tasks_dir)
 
 
 def local_tasks(tasks_dir: Path = TASKS_DIR) -> list[str]:
@@ -80,7 +91,8 @@ class Demo:
         self.sweep = self._plan_sweep()
 
     def _tool(self, name: str, *args: str | Path) -> list[str]:
-        return [sys.executable, str(REPO / "tools" / name), *map(str, args)]
+        """A stage command: one of the package's command-line tools (`megatron_ngpt.cli`)."""
+        return [sys.executable, "-m", f"megatron_ngpt.cli.{name}", *map(str, args)]
 
     def _plan_sweep(self) -> Sweep:
         trainer_args = [
@@ -115,26 +127,26 @@ class Demo:
         preprocess = ["--json-keys", "text", "--tokenizer-model", d.tokenizer, "--workers", "2"]
         stages = [
             Stage("corpus", [d.corpus, d.held_out], [d._tool(
-                "make_demo_corpus.py", "--output", d.corpus, "--held-out", d.held_out)]),
+                "make_demo_corpus", "--output", d.corpus, "--held-out", d.held_out)]),
             Stage("tokenizer", [d.tokenizer], [d._tool(
-                "train_tokenizer.py", "--input", d.corpus, "--vocab-size", str(d.s.vocab_size),
+                "train_tokenizer", "--input", d.corpus, "--vocab-size", str(d.s.vocab_size),
                 "--output-prefix", d.tokenizer.with_suffix(""))]),
             Stage("preprocess", [d.train_prefix.with_suffix(".bin"),
                                  d.valid_prefix.with_suffix(".bin")], [
-                d._tool("preprocess_data.py", "--input", d.corpus, *preprocess, "--output-prefix",
+                d._tool("preprocess_data", "--input", d.corpus, *preprocess, "--output-prefix",
                         d.data / "train", "--quiet"),
-                d._tool("preprocess_data.py", "--input", d.held_out, *preprocess,
+                d._tool("preprocess_data", "--input", d.held_out, *preprocess,
                         "--output-prefix", d.data / "valid", "--quiet")]),
             Stage("train", [d.sweep.manifest_path, *(d.main_run(m) for m in MODELS)],
                   action=d._train),
             Stage("export", [d.hf_dir(m) / "config.json" for m in MODELS], [d._tool(
-                "checkpoint_to_hf.py", "--checkpoint", d.main_run(m), "--output", d.hf_dir(m),
+                "checkpoint_to_hf", "--checkpoint", d.main_run(m), "--output", d.hf_dir(m),
                 "--dtype", "fp32", "--overwrite") for m in MODELS]),
         ]
         if d.s.eval_tasks:
             limit = ["--limit", str(d.s.eval_limit)] if d.s.eval_limit else []
             stages.append(Stage("eval", [d.eval_dir(m) / "results.json" for m in MODELS], [
-                d._tool("eval.py", "--model", d.hf_dir(m), "--tasks", ",".join(d.s.eval_tasks),
+                d._tool("eval", "--model", d.hf_dir(m), "--tasks", ",".join(d.s.eval_tasks),
                         "--include-path", d.s.tasks_dir, "--output", d.eval_dir(m), *limit)
                 for m in MODELS]))
         stages.append(Stage("report", [d.report], action=write_report, always=True))
@@ -142,8 +154,8 @@ class Demo:
 
 
 def _readable(command: str) -> str:
-    """A command line as a person types it in the repository: `python`, relative paths."""
-    return command.replace(sys.executable, "python").replace(f"{REPO}/", "")
+    """A command line as a person types it: `python`, paths relative to the working folder."""
+    return command.replace(sys.executable, "python").replace(f"{Path.cwd()}/", "")
 
 
 def eval_markdown(result_files: dict[str, Path]) -> str:
@@ -187,9 +199,10 @@ def write_report(demo: Demo, runner: StageRunner) -> Path:
         lines.append("**Quick mode**: a few steps per model, to check the pipeline; the numbers "
                      "mean nothing.\n")
     lines += [
-        "Data: the Python documentation shipped with CPython (`tools/make_demo_corpus.py`), "
-        f"every 50th document held out for validation; SentencePiece BPE vocabulary "
-        f"{s.vocab_size}. Models: `configs/tiny/ngpt.yaml` and `configs/tiny/gpt2.yaml` "
+        "Data: the Python documentation shipped with CPython "
+        "(`python -m megatron_ngpt.cli.make_demo_corpus`), every 50th document held out for "
+        f"validation; SentencePiece BPE vocabulary {s.vocab_size}. Models: "
+        "`configs/tiny/ngpt.yaml` and `configs/tiny/gpt2.yaml` "
         "(4 layers, d 128, 4 heads, sequence 128, 16 sequences per step), fp32 on CPU, "
         f"{s.nproc} process(es). Token budgets per model: {budgets}, each a complete run "
         "with its own cosine schedule.", "",
@@ -207,13 +220,13 @@ def write_report(demo: Demo, runner: StageRunner) -> Path:
         lines.append(eval_markdown({m: demo.eval_dir(m) / "results.json" for m in MODELS}))
     else:
         lines.append(f"Skipped: no lm-eval task YAMLs under {s.tasks_dir}.\n")
-    lines += ["## Reproduce", "", "```", "python tools/demo.py --out " + str(out)
+    lines += ["## Reproduce", "", "```", "python -m megatron_ngpt.cli.demo --out " + str(out)
               + (" --quick" if s.quick else ""), "", "# or stage by stage:"]
     for stage in demo.stages(lambda: None):
         lines += [_readable(shlex.join(map(str, cmd))) for cmd in stage.commands]
         if stage.name == "train":
             lines += [_readable(cmd) for cmd in demo.train_commands()]
-    lines += [f"python tools/plot_runs.py {shlex.join(map(str, main_runs))} --sweep "
+    lines += [f"python -m megatron_ngpt.cli.plot_runs {shlex.join(map(str, main_runs))} --sweep "
               f"{demo.sweep.root} --out {out}", "```", "", "## Stage timings", "",
               markdown_table(["stage", "seconds"],
                              [[k, f"{v:.0f}"] for k, v in runner.seconds.items()])]

@@ -1,0 +1,1 @@
+"""Starting runs: budget sweeps (planned as a manifest), local and SLURM launching, the demo."""

@@ -1,0 +1,185 @@
+"""Where DeepSpeed keeps each parameter's master weight: the one reader of its private state.
+
+nGPT's renormalization (`training/optimizer.py`) and the layout-independent checkpoint files
+(`training/reshard.py`) both need, for every parameter, the slice of its master weight (and of its
+Adam moments) that this rank owns. Which optimizer wrapper DeepSpeed builds, and so where that
+slice lives, follows from the ZeRO stage and the precision (DeepSpeed 0.19's
+`DeepSpeedEngine._do_optimizer_sanity_check`):
+
+| ZeRO | precision | wrapper | master of a parameter (`Layout`) |
+|---|---|---|---|
+| 0 | fp32 | none (torch's AdamW) | the parameter itself (`parameters`) |
+| 0 | bf16 | `FP16_UnfusedOptimizer` | a whole fp32 copy (`fp32-copies`) |
+| 0 | bf16, pipeline | `BF16_Optimizer` | a fragment of a flat fp32 partition (`zero-partitions`) |
+| 1 | bf16 | `BF16_Optimizer` (fp32 gradient accumulation) | same (`zero-partitions`) |
+| 1, 2 | fp32, bf16 | `DeepSpeedZeroOptimizer` | same (`zero-partitions`) |
+| 3 | fp32, bf16 | `DeepSpeedZeroOptimizer_Stage3` | a slice per parameter (`zero3-partitions`) |
+
+`MasterWeights` checks at start-up that DeepSpeed built what this table says, with the private
+attributes this module reads, and fails naming the DeepSpeed version otherwise: a silent fallback
+would renormalize the bf16 copies (undone by the next step) and checkpoint the wrong state.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+PARAMETERS, FP32_COPIES = "parameters", "fp32-copies"
+ZERO_PARTITIONS, ZERO3_PARTITIONS = "zero-partitions", "zero3-partitions"
+# Layout -> (wrapper classes it comes with, private attributes read here)
+_LAYOUTS: dict[str, tuple[tuple[type, ...], tuple[str, ...]]] = {
+    PARAMETERS: ((torch.optim.Optimizer,), ()),
+    FP32_COPIES: ((FP16_UnfusedOptimizer,), ("fp16_groups", "fp32_groups")),
+    ZERO_PARTITIONS: ((BF16_Optimizer, DeepSpeedZeroOptimizer), ("dp_process_group",)),
+    ZERO3_PARTITIONS: ((DeepSpeedZeroOptimizer_Stage3,), (
+        "dp_process_group", "fp16_groups", "fp32_partitioned_groups_flat", "grad_position",
+        "get_param_id", "_reassign_or_swap_out_partitioned_parameters")),
+}
+
+
+class DeepSpeedLayoutError(RuntimeError):
+    """DeepSpeed did not build the optimizer state this module knows how to read."""
+
+
+def expected_layout(zero_stage: int, precision: str, pipeline: bool) -> str:
+    """Where the masters live for this configuration (the table of the module docstring)."""
+    if zero_stage == 3:
+        return ZERO3_PARTITIONS
+    if zero_stage > 0 or (precision == "bf16" and pipeline):
+        return ZERO_PARTITIONS
+    return FP32_COPIES if precision == "bf16" else PARAMETERS
+
+
+@dataclass(frozen=True)
+class MasterSlice:
+    """Elements ``[start, start + numel)`` of a parameter's flattened (TP-local) master weight,
+    stored at ``owner.view(-1)[offset : offset + numel]``; the base optimizer keys the Adam
+    state of that memory by `owner`."""
+
+    owner: torch.Tensor
+    offset: int
+    numel: int
+    start: int
+    shape: tuple[int, ...]  # the whole parameter's shape on this TP rank
+
+    def view(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """This slice of `owner`, or of a tensor laid out like it (an Adam moment)."""
+        source = self.owner if tensor is None else tensor
+        return source.view(-1).narrow(0, self.offset, self.numel)
+
+
+def _full_shape(param: torch.Tensor) -> tuple[int, ...]:
+    return tuple(param.ds_shape) if hasattr(param, "ds_shape") else tuple(param.shape)
+
+
+class MasterWeights:
+    """This rank's master slices of a DeepSpeed engine's parameters, and the hook point after
+    the optimizer updated them (see the module docstring)."""
+
+    def __init__(self, optimizer, params: Sequence[torch.Tensor], zero_stage: int,
+                 precision: str, pipeline: bool) -> None:
+        self.optimizer = optimizer
+        self.layout = expected_layout(zero_stage, precision, pipeline)
+        classes, attributes = _LAYOUTS[self.layout]
+        missing = [a for a in attributes if not hasattr(optimizer, a)]
+        if not isinstance(optimizer, classes) or missing or (
+                self.layout == ZERO_PARTITIONS and not self._has_hp_mappings(params)):
+            found = type(optimizer).__name__ + (f" without {', '.join(missing)}" if missing else "")
+            raise DeepSpeedLayoutError(
+                f"DeepSpeed {deepspeed.__version__}: ZeRO-{zero_stage} {precision}"
+                f"{' with a pipeline' if pipeline else ''} should keep master weights as "
+                f"{self.layout} ({' or '.join(c.__name__ for c in classes)}), found {found}. "
+                "This DeepSpeed version is not supported (see setup.py for the tested range).")
+        self.base: torch.optim.Optimizer = getattr(optimizer, "optimizer", optimizer)
+        self._copies = {id(lp): hp for lp_group, hp_group in
+                        zip(getattr(optimizer, "fp16_groups", []),
+                            getattr(optimizer, "fp32_groups", []), strict=False)
+                        for lp, hp in zip(lp_group, hp_group, strict=True)
+                        } if self.layout == FP32_COPIES else {}
+        self._zero3_dp_rank = (dist.get_rank(optimizer.dp_process_group)
+                               if self.layout == ZERO3_PARTITIONS else 0)
+
+    @staticmethod
+    def _has_hp_mappings(params: Sequence[torch.Tensor]) -> bool:
+        """ZeRO-1/2 and the BF16 optimizer give every parameter `_hp_mapping` (None where this
+        rank's partition does not overlap it)."""
+        return all(hasattr(p, "_hp_mapping") for p in params)
+
+    @property
+    def dp_group(self) -> dist.ProcessGroup | None:
+        """The group whose ranks hold the other slices of a parameter (None: each rank holds
+        whole masters)."""
+        if self.layout in (ZERO_PARTITIONS, ZERO3_PARTITIONS):
+            return self.optimizer.dp_process_group
+        return None
+
+    @property
+    def partitions_parameters(self) -> bool:
+        """ZeRO-3: model parameters are partitioned too, and refreshed from the masters."""
+        return self.layout == ZERO3_PARTITIONS
+
+    def slice(self, param: torch.Tensor) -> MasterSlice | None:
+        """This rank's slice of `param`'s master; None where this rank holds none of it."""
+        shape = _full_shape(param)
+        if self.layout == ZERO3_PARTITIONS:
+            opt = self.optimizer
+            group, offset, count = opt.grad_position[opt.get_param_id(param)]
+            start = self._zero3_dp_rank * count
+            valid = max(0, min(count, param.ds_numel - start))
+            return MasterSlice(opt.fp32_partitioned_groups_flat[group], offset, valid, start, shape)
+        if self.layout == ZERO_PARTITIONS:
+            mapping = param._hp_mapping
+            if mapping is None:
+                return None
+            flats = getattr(self.optimizer, "single_partition_of_fp32_groups", None) or \
+                self.optimizer.fp32_groups_flat_partition
+            return MasterSlice(flats[mapping.param_group_index], mapping.hp_fragment_address.start,
+                               mapping.hp_fragment_address.numel, mapping.lp_fragment_address.start,
+                               shape)
+        owner = self._copies.get(id(param), param)
+        return MasterSlice(owner, 0, param.numel(), 0, shape)
+
+    def after_update(self, hook: Callable[[list[torch.Tensor]], None],
+                     params: Sequence[torch.Tensor]) -> None:
+        """Call ``hook(updated)`` after every optimizer update of the masters and before
+        DeepSpeed copies them into the model parameters; `updated` are those of `params` whose
+        masters changed (ZeRO-3 updates sub-group by sub-group)."""
+        if self.layout == ZERO3_PARTITIONS:
+            opt = self.optimizer
+            reassign = opt._reassign_or_swap_out_partitioned_parameters
+            wanted = {id(p) for p in params}
+
+            @functools.wraps(reassign)
+            def hook_then_reassign(sub_group_id: int):
+                hook([p for p in opt.fp16_groups[sub_group_id] if id(p) in wanted])
+                return reassign(sub_group_id)
+
+            opt._reassign_or_swap_out_partitioned_parameters = hook_then_reassign
+            return
+        step = self.base.step
+        params = list(params)
+
+        @functools.wraps(step)
+        def step_then_hook(*args, **kwargs):
+            result = step(*args, **kwargs)
+            hook(params)
+            return result
+
+        self.base.step = step_then_hook
+
+    def refresh_partitioned_parameters(self) -> None:
+        """ZeRO-3: rebuild the model's parameter partitions from the masters (after writing
+        them directly)."""
+        if self.partitions_parameters:
+            for sub_group in range(len(self.optimizer.fp16_groups)):
+                self.optimizer._reassign_or_swap_out_partitioned_parameters(sub_group)
