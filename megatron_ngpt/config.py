@@ -107,6 +107,15 @@ class TrainingConfig:
     exit_interval: int = 0
     eval_interval: int = 1000
     eval_iters: int = 10
+    # Stop (status 4, nothing saved) after this many steps in a row that DeepSpeed skipped for
+    # gradient overflow; 0 never stops.
+    max_skipped_steps: int = 10
+    # Resume through the layout-independent fp32 files only: DeepSpeed's loader unpickles its
+    # shards, which can run code, so a checkpoint from elsewhere is loaded this way.
+    load_fp32_only: bool = False
+    # Start from step 0 even though RUN_DIR holds checkpoints (they are overwritten as the new
+    # run saves). Without it, a run directory whose checkpoints are all unusable is an error.
+    ignore_checkpoints: bool = False
 
 
 @dataclass
@@ -194,7 +203,7 @@ _NOT_NEGATIVE = (
     "model.vocab_size", "data.num_workers", "optimizer.min_lr", "optimizer.weight_decay",
     "optimizer.clip_grad", "optimizer.warmup_steps", "training.train_iters",
     "training.train_tokens", "training.save_interval", "training.exit_interval",
-    "training.eval_interval", "training.eval_iters",
+    "training.eval_interval", "training.eval_iters", "training.max_skipped_steps",
 )
 
 

@@ -22,17 +22,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="run directory of a training run")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--output", required=True, help="folder to write the model into")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="weights' dtype (default: the training precision)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in --output (never anything else)")
     args = parser.parse_args(argv)
     try:
         config, state_dict, step = load_consolidated(args.checkpoint, args.step)
         output = export_to_hf(config, state_dict, config.data.tokenizer_model, args.output,
-                              args.dtype, args.overwrite)
+                              args.dtype, args.overwrite,
+                              {"checkpoint": str(args.checkpoint), "step": step})
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"exported {config.model.arch} step {step} of {args.checkpoint} to {output}")
+    dtype = args.dtype or config.training.precision
+    print(f"exported {config.model.arch} step {step} of {args.checkpoint} to {output} ({dtype})")
     return 0
 
 

@@ -7,11 +7,14 @@ whose two source files are copied into the folder and named in `auto_map`, so
 ``trust_remote_code=True`` loads it without this package. Weights are safetensors.
 
 The folder is built in a temporary sibling and renamed at the end: a failed export leaves
-nothing behind, and `overwrite` replaces an existing folder only once the new one is complete.
+nothing behind, and `overwrite` replaces an existing folder only once the new one is complete,
+and only when that folder is recognisably an earlier export (never a training run or anything
+else). Files are world-readable (0644), like everything else a run writes.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +29,7 @@ from megatron_ngpt.hf.state_dict_adapter import to_hf_state_dict
 from megatron_ngpt.hf.tokenizer_export import export_tokenizer
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+EXPORT_INFO = "export_info.json"  # written into every export: what it came from
 NGPT_AUTO_MAP = {
     "AutoConfig": "configuration_ngpt.NGPTConfig",
     "AutoModelForCausalLM": "modeling_ngpt.NGPTForCausalLM",
@@ -59,12 +63,29 @@ def hf_config(config: Config, vocab_size: int, bos_id: int, eos_id: int) -> Pret
                           use_parallel_residual=False)
 
 
+def is_export(folder: Path) -> bool:
+    """Whether `folder` is a Hugging Face folder this exporter wrote (its `export_info.json`,
+    or, for exports older than that file, a config.json beside safetensors weights), and no
+    training run or checkpoint."""
+    if (folder / "checkpoints").exists() or (folder / "metrics.jsonl").exists():
+        return False
+    if (folder / EXPORT_INFO).is_file():
+        return True
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ExportError(f"{output_dir}: exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
         raise ExportError(f"{output_dir}: the output folder is not empty; "
-                          "pass --overwrite (overwrite=True) to replace it")
+                          "pass --overwrite (overwrite=True) to replace an earlier export")
+    if not is_export(output_dir):
+        raise ExportError(f"{output_dir}: not an earlier export (no {EXPORT_INFO}, or it holds "
+                          "a training run); --overwrite replaces only exports, choose another "
+                          "--output")
 
 
 def _write_model(config: Config, weights: dict[str, torch.Tensor], hf_cfg: PretrainedConfig,
@@ -80,8 +101,13 @@ def _write_model(config: Config, weights: dict[str, torch.Tensor], hf_cfg: Pretr
 
 def export_to_hf(config: Config, state_dict: dict[str, torch.Tensor],
                  tokenizer_model_path: str | Path, output_dir: str | Path,
-                 dtype: str = "bf16", overwrite: bool = False) -> Path:
-    """Write the Hugging Face folder for a TP=1 `LanguageModel` state dict; returns its path."""
+                 dtype: str | None = None, overwrite: bool = False,
+                 source: dict[str, object] | None = None) -> Path:
+    """Write the Hugging Face folder for a TP=1 `LanguageModel` state dict; returns its path.
+
+    `dtype` defaults to the training precision (`training.precision`); `source` (what the
+    weights came from) goes into `export_info.json`."""
+    dtype = dtype or config.training.precision
     output_dir = Path(output_dir)
     if dtype not in DTYPES:
         raise ExportError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -98,6 +124,10 @@ def export_to_hf(config: Config, state_dict: dict[str, torch.Tensor],
                               f"tokens but the model's embedding only {vocab_size} rows")
         hf_cfg = hf_config(config, vocab_size, tokenizer.bos_id, tokenizer.eos_id)
         _write_model(config, weights, hf_cfg, DTYPES[dtype], staging)
+        info = {"arch": config.model.arch, "dtype": dtype, **(source or {})}
+        (staging / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        for path in staging.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)

@@ -51,6 +51,8 @@ if [[ -z ${SLURM_JOB_ID:-} ]]; then
   status=0
   "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$nproc" "${trainer[@]}" \
     || status=$?
+  # torchrun reports any failing worker as 1: the trainer's marker tells a preemption apart.
+  if (( status != 0 )) && [[ -e $RUN_DIR/PREEMPTED ]]; then status=3; fi
   (( status != 3 )) || echo "launch.sh: preempted; checkpoint saved in $RUN_DIR, rerun to resume"
   exit "$status"
 fi

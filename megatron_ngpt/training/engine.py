@@ -11,12 +11,11 @@ import torch
 from deepspeed.runtime.utils import clip_grad_norm_
 
 from megatron_ngpt.config import Config
-from megatron_ngpt.parallel.masters import MasterWeights
+from megatron_ngpt.parallel.deepspeed_internals import HashedCheckpointWrites, MasterWeights
 from megatron_ngpt.parallel.mpu import MegatronMPU
 from megatron_ngpt.parallel.pipeline import check_rank_alignment
 from megatron_ngpt.parallel.state import ParallelDims
 from megatron_ngpt.training.optimizer import install_renormalization, param_groups
-from megatron_ngpt.training.schedule import lr_multiplier
 
 
 @dataclass
@@ -28,6 +27,7 @@ class Engine:
     is_pipeline: bool
     grad_accumulation: int
     masters: MasterWeights  # where each parameter's master slice lives
+    checkpoint_writes: HashedCheckpointWrites  # checksums of DeepSpeed's checkpoint files
     renormalization: str | None  # which master-weight layout nGPT normalizes, None for GPT-2
 
 
@@ -68,9 +68,9 @@ def _record_fp32_grad_norm(engine) -> None:
     engine.clip_fp32_gradients = clip_and_record
 
 
-def build_engine(cfg: Config, module: torch.nn.Module, dims: ParallelDims, total_steps: int
-                 ) -> Engine:
-    """Start DeepSpeed on `module` (a `LanguageModel`, or a `PipelineModule` when PP > 1)."""
+def build_engine(cfg: Config, module: torch.nn.Module, dims: ParallelDims) -> Engine:
+    """Start DeepSpeed on `module` (a `LanguageModel`, or a `PipelineModule` when PP > 1). The
+    learning rate is the trainer's to set before each step (`schedule.py`)."""
     is_pipeline = dims.pp > 1
     module.to(dims.device)
     opt = cfg.optimizer
@@ -78,12 +78,10 @@ def build_engine(cfg: Config, module: torch.nn.Module, dims: ParallelDims, total
         param_groups(module, opt.weight_decay), lr=opt.lr, betas=(opt.beta1, opt.beta2),
         eps=opt.eps, foreach=dims.device.type == "cuda",
     )
-    schedule = lr_multiplier(opt, total_steps)
     os.environ.setdefault("LOCAL_RANK", str(dims.local_rank))  # DeepSpeed insists on it
     engine, ds_optimizer, _, _ = deepspeed.initialize(
         model=module,
         optimizer=optimizer,
-        lr_scheduler=lambda base: torch.optim.lr_scheduler.LambdaLR(base, schedule),
         config=deepspeed_config(cfg, dims),
         mpu=None if is_pipeline else MegatronMPU(),
         dist_init_required=False,
@@ -96,4 +94,4 @@ def build_engine(cfg: Config, module: torch.nn.Module, dims: ParallelDims, total
     renormalization = (install_renormalization(masters, module)
                        if cfg.model.arch == "ngpt" else None)
     return Engine(engine, module, is_pipeline, engine.gradient_accumulation_steps(), masters,
-                  renormalization)
+                  HashedCheckpointWrites(engine), renormalization)

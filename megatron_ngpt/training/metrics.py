@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -39,8 +40,18 @@ def memory_gb(device: torch.device) -> float:
         return 0.0
 
 
+def json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with non-finite numbers as null, which JSON can hold (bare NaN is not JSON);
+    the keys that were non-finite are listed under "nonfinite"."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return record
+    return {**{k: None if k in bad else v for k, v in record.items()}, "nonfinite": bad}
+
+
 class MetricsLogger:
-    """Rank 0 writes; other ranks hold an inert logger."""
+    """Rank 0 writes; other ranks hold an inert logger. Records with an "event" key (a resume)
+    go to the file and the console only."""
 
     def __init__(self, cfg: Config, run_dir: Path, total_steps: int, start_step: int,
                  enabled: bool) -> None:
@@ -68,7 +79,11 @@ class MetricsLogger:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        if "event" in record:
+            text = " ".join(f"{k}={v}" for k, v in record.items() if k not in ("event", "step"))
+            self.log.info("step %d: %s (%s)", record["step"], record["event"], text)
+            return
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
         shown = {k: record[k] for k in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_sec",

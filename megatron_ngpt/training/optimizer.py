@@ -4,7 +4,7 @@ After every optimizer step the *master* weights must be re-normalized: normalizi
 model copy is undone by the next step. The master slices this rank owns (a whole parameter, a
 whole fp32 copy, or a fragment of a ZeRO flat partition that may cut rows) and the hook point
 after the Adam update, before DeepSpeed copies the masters into the model, come from
-`parallel/masters.py`. The owned fragments are normalized with
+`parallel/deepspeed_internals.py`. The owned fragments are normalized with
 :func:`~megatron_ngpt.models.normalize.normalize_fragments_` over the data-parallel group (one
 small all-reduce per step), so rows that a partition boundary splits get their full sum of squares.
 """
@@ -15,7 +15,7 @@ import torch
 
 from megatron_ngpt.models.normalize import Fragment, normalize_fragments_, normalized_dim
 from megatron_ngpt.models.scaling import is_scaling_vector
-from megatron_ngpt.parallel.masters import MasterWeights
+from megatron_ngpt.parallel.deepspeed_internals import MasterWeights
 
 NORMALIZE_GROUP_KEY = "ngpt_normalize"
 

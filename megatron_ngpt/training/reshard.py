@@ -5,7 +5,7 @@ every checkpoint also holds, per pipeline stage, each parameter's full fp32 mast
 Adam moments under `LanguageModel` names. :func:`gather_master_state` builds them (collective over
 the data- and tensor-parallel groups) and :func:`scatter_master_state` writes them back into any
 engine: this rank's slice of each tensor goes wherever its optimizer keeps it
-(`parallel/masters.py` knows where).
+(`parallel/deepspeed_internals.py` knows where).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 if TYPE_CHECKING:  # DeepSpeed is imported only where an engine runs
-    from megatron_ngpt.parallel.masters import MasterWeights
+    from megatron_ngpt.parallel.deepspeed_internals import MasterWeights
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 

@@ -1,13 +1,21 @@
 """The trainer: builds tokenizer, model, DeepSpeed engine, data and checkpointer from a
-:class:`Config`, then runs the loop (steps, validation, logging, checkpoints, preemption).
+:class:`Config`, then runs the loop (steps, validation, logging, checkpoints, stopping).
 
 `Trainer.build` needs only a started process group (`parallel.state.init_distributed`), so a
 one-process run works in-process, e.g. in a test; `python -m megatron_ngpt.train` parses the
 command line and hands over to it.
+
+A run stops early, after saving a checkpoint, on SIGUSR1/SIGTERM (preemption: exit status 3, and
+``RUN_DIR/PREEMPTED`` for launchers that lose the status), on the first Ctrl-C (SIGINT: status
+130) or at `training.exit_interval`. It stops without saving, with status 4, when the loss or the
+gradient norm is not finite or when DeepSpeed skipped `training.max_skipped_steps` steps in a row:
+the checkpoints already written stay the newest ones.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,29 +35,56 @@ from megatron_ngpt.models.language_model import LanguageModel
 from megatron_ngpt.models.transformer_config import LMTransformerConfig, build_transformer_config
 from megatron_ngpt.parallel.pipeline import build_pipeline_module, language_model_name
 from megatron_ngpt.parallel.state import ParallelDims
-from megatron_ngpt.training.checkpoint import Checkpointer, resolve_step
+from megatron_ngpt.training.checkpoint import (
+    TRAINER_STATE,
+    Checkpointer,
+    Found,
+    NonFiniteError,
+    check_architecture,
+    find_checkpoint,
+    has_checkpoints,
+    read_checkpoint_config,
+)
 from megatron_ngpt.training.engine import Engine, build_engine
 from megatron_ngpt.training.metrics import MetricsLogger, Throughput, flops_per_token, memory_gb
+from megatron_ngpt.training.run_lock import RunDirectoryBusy, RunLock
+from megatron_ngpt.training.schedule import RunPlan, set_lr
 
-PREEMPTED_EXIT_CODE = 3  # "checkpoint saved, please requeue" for the SLURM launcher
+PREEMPTED_EXIT_CODE = 3  # "checkpoint saved, please requeue" for the launchers
+DIVERGED_EXIT_CODE = 4  # non-finite loss or gradients, or too many skipped steps: do not requeue
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: checkpoint saved, stopped on request
+PREEMPTED_MARKER = "PREEMPTED"
 log = get_logger()
 
 
-class PreemptionFlag:
-    """Set by SIGUSR1/SIGTERM; all ranks agree on it at step boundaries (one tiny all-reduce)."""
+class TrainingDiverged(RuntimeError):
+    """The run cannot go on (non-finite values, or DeepSpeed skipped too many steps)."""
+
+
+class StopSignals:
+    """SIGUSR1/SIGTERM ask for a preemption stop, SIGINT for an interruption; all ranks agree on
+    them at step boundaries. A second Ctrl-C interrupts at once."""
+
+    _SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handler)
+        self.preempted = False
+        self.interrupted = False
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self._SIGNALS}
 
     def _handler(self, signum, frame) -> None:
-        self.requested = True
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            log.warning("Ctrl-C: saving a checkpoint at the end of this step, then stopping "
+                        "(press it again to stop at once)")
+        else:
+            self.preempted = True
 
-    def agreed(self, device: torch.device) -> bool:
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -74,60 +109,119 @@ def build_model(config: LMTransformerConfig, dims: ParallelDims) -> torch.nn.Mod
     return LanguageModel(config)
 
 
-def eval_sample_counts(cfg: Config, steps: int) -> tuple[int, int, int]:
-    """Samples the train, valid and test splits must provide for a run of `steps` steps."""
+def sample_counts(cfg: Config, state: TrainState, plan: RunPlan) -> tuple[int, int, int]:
+    """Samples the train, valid and test splits must provide for the rest of the run."""
     t = cfg.training
-    evals = steps // t.eval_interval + 1 if t.eval_interval else 1
-    return (steps * t.global_batch_size, evals * t.eval_iters * t.global_batch_size,
-            t.eval_iters * t.global_batch_size)
+    evals = plan.total_steps // t.eval_interval + 1 if t.eval_interval else 1
+    train = state.consumed_samples + (plan.total_steps - state.step) * t.global_batch_size
+    return train, evals * t.eval_iters * t.global_batch_size, t.eval_iters * t.global_batch_size
+
+
+def _agree(dims: ParallelDims, *flags: bool) -> list[bool]:
+    """Flags that any rank raised, on every rank (one small all-reduce)."""
+    values = torch.tensor([1.0 if f else 0.0 for f in flags], device=dims.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in values.tolist()]
+
+
+def _locate_checkpoint(cfg: Config, dims: ParallelDims, run_dir: Path) -> Found | None:
+    """Rank 0 checks the checkpoint to resume from (reading every file once) and tells the
+    others. A run directory with checkpoints but none usable is an error unless
+    `training.ignore_checkpoints` says to start over."""
+    t = cfg.training
+    source = Path(t.load) if t.load else run_dir
+    decision: list[Any] = [None]
+    if dims.rank == 0:
+        try:
+            found = None if t.ignore_checkpoints else find_checkpoint(source)
+            if found is None and t.load:
+                raise ConfigError(f"training.load: no usable checkpoint under {t.load}")
+            if found is None and has_checkpoints(source) and not t.ignore_checkpoints:
+                raise ConfigError(f"training.save: {source} has checkpoints but none is usable "
+                                  "(see the warnings above); set training.ignore_checkpoints="
+                                  "true to start from scratch")
+            decision = [found]
+        except ConfigError as err:
+            decision = [err]
+    dist.broadcast_object_list(decision, src=0)
+    if isinstance(decision[0], Exception):
+        raise decision[0]
+    return decision[0]
 
 
 class Trainer:
-    """Drives a DeepSpeed engine over the data for `total_steps` optimizer steps."""
+    """Drives a DeepSpeed engine over the data until the run's plan is done."""
 
-    def __init__(self, cfg: Config, dims: ParallelDims, engine: Engine, datasets,
-                 total_steps: int, run_dir: Path, flops_per_token: float) -> None:
+    def __init__(self, cfg: Config, dims: ParallelDims, engine: Engine, datasets, plan: RunPlan,
+                 run_dir: Path, flops_per_token: float, lock: RunLock) -> None:
         self.cfg, self.dims, self.eng = cfg, dims, engine
         self.train_set, self.valid_set, _ = datasets
-        self.total_steps = total_steps
+        self.plan = plan
         self.run_dir = run_dir
         self.state = TrainState()
         self.checkpointer = Checkpointer(run_dir, cfg.training.keep_last)
         self.flops_per_token = flops_per_token
-        self.tokens_per_step = cfg.tokens_per_step
-        self.preemption = PreemptionFlag()
+        self.lock = lock
+        self.resumed_from: Found | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
 
     @classmethod
     def build(cls, cfg: Config, dims: ParallelDims) -> Trainer:
         """Everything a run needs, on the process groups of `dims`; resumes from the run's
-        latest complete checkpoint (or `training.load`) when there is one."""
-        t, p = cfg.training, cfg.parallel
-        steps = cfg.validate_for_training(dims.world_size).total_steps()
+        newest usable checkpoint (or `training.load`) when there is one."""
+        t = cfg.training
+        cfg.validate_for_training(dims.world_size)
         torch.manual_seed(t.seed)
         tokenizer = load_tokenizer(cfg.data.tokenizer_model)
-        vocab = cfg.model_vocab_size(tokenizer.vocab_size, dims.tp)
-        cfg.model.vocab_size = vocab
+        cfg.model.vocab_size = cfg.model_vocab_size(tokenizer.vocab_size, dims.tp)
         run_dir = Path(t.save)
+        lock = RunLock(run_dir)
+        busy: Exception | None = None
         if dims.rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            try:
+                lock.acquire()
+            except RunDirectoryBusy as err:
+                busy = err
+        if _agree(dims, busy is not None)[0]:
+            raise busy or RunDirectoryBusy(f"{run_dir}: another run trains into this directory")
+        try:
+            return cls._build_locked(cfg, dims, tokenizer, run_dir, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _build_locked(cls, cfg: Config, dims: ParallelDims, tokenizer, run_dir: Path,
+                      lock: RunLock) -> Trainer:
+        t, p = cfg.training, cfg.parallel
+        found = _locate_checkpoint(cfg, dims, run_dir)
+        state = TrainState()
+        if found is not None:
+            check_architecture(read_checkpoint_config(found.directory), cfg, found.directory)
+            saved = json.loads((found.directory / TRAINER_STATE).read_text())
+            state = TrainState(saved["step"], saved["consumed_samples"], saved["tokens"])
+        plan = RunPlan.for_run(cfg, state.step, state.tokens)
         model_config = build_transformer_config(
-            cfg.model, vocab, dims.tp, dims.pp,
+            cfg.model, cfg.model.vocab_size, dims.tp, dims.pp,
             torch.bfloat16 if t.precision == "bf16" else torch.float32,
             p.activation_checkpointing, init_seed=t.seed)
-        engine = build_engine(cfg, build_model(model_config, dims), dims, steps)
+        engine = build_engine(cfg, build_model(model_config, dims), dims)
         datasets = build_datasets(cfg.data, tokenizer, cfg.data.seq_length,
-                                  eval_sample_counts(cfg, steps), t.seed,
+                                  sample_counts(cfg, state, plan), t.seed,
                                   cfg.data.cache_dir or str(run_dir / "data_cache"))
-        trainer = cls(cfg, dims, engine, datasets, steps, run_dir, flops_per_token(cfg, vocab))
-        found = resolve_step(t.load or run_dir)
+        trainer = cls(cfg, dims, engine, datasets, plan, run_dir,
+                      flops_per_token(cfg, cfg.model.vocab_size), lock)
         if found is not None:
-            trainer.resume(found[0])
-        elif t.load:
-            raise ConfigError(f"training.load: no complete checkpoint under {t.load}")
+            trainer.resume(found)
+        if dims.rank == 0:  # only now: a failed resume leaves the run directory as it was
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
         log.info("training %s: %d steps, TP=%d PP=%d DP=%d ZeRO-%d, %s, renormalization: %s",
-                 cfg.model.arch, steps, dims.tp, dims.pp, dims.dp, p.zero_stage, t.precision,
-                 engine.renormalization)
+                 cfg.model.arch, plan.total_steps, dims.tp, dims.pp, dims.dp, p.zero_stage,
+                 t.precision, engine.renormalization)
         return trainer
 
     # ------------------------------------------------------------------ checkpoints
@@ -152,12 +246,13 @@ class Trainer:
                                       self.named_parameters())
         log.info("saved checkpoint %s", path)
 
-    def resume(self, directory: Path) -> None:
-        saved = self.checkpointer.load(self.eng, directory, self.layout(),
-                                       self.named_parameters())
+    def resume(self, found: Found) -> None:
+        saved = self.checkpointer.load(self.eng, found, self.layout(), self.named_parameters(),
+                                       self.cfg.training.load_fp32_only)
         self.state = TrainState(saved["step"], saved["consumed_samples"], saved["tokens"])
-        log.info("resumed from %s (step %d, %d samples consumed)", directory, self.state.step,
-                 self.state.consumed_samples)
+        self.resumed_from = found
+        log.info("resumed from %s (step %d, %d samples consumed)", found.directory,
+                 self.state.step, self.state.consumed_samples)
 
     # ------------------------------------------------------------------ steps
 
@@ -212,48 +307,95 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def _check_step(self, loss: float, grad_norm: float | None, skipped_in_a_row: int,
+                    signals: StopSignals) -> tuple[bool, bool]:
+        """Raise `TrainingDiverged` when this step's numbers say the run cannot go on; returns
+        whether any rank was asked to stop (preempted, interrupted). One all-reduce for all."""
+        t = self.cfg.training
+        bad_loss, bad_norm, too_many_skips, preempted, interrupted = _agree(
+            self.dims, not math.isfinite(loss),
+            grad_norm is not None and not math.isfinite(grad_norm),
+            t.max_skipped_steps > 0 and skipped_in_a_row >= t.max_skipped_steps,
+            signals.preempted, signals.interrupted)
+        if bad_loss or bad_norm:
+            raise TrainingDiverged(
+                f"step {self.state.step}: non-finite {'loss' if bad_loss else 'gradient norm'} "
+                f"(loss {loss}, gradient norm {grad_norm}); stopped without saving, the newest "
+                f"checkpoint in {self.run_dir / 'checkpoints'} is from before. Lower "
+                "optimizer.lr or check the data.")
+        if too_many_skips:
+            raise TrainingDiverged(
+                f"step {self.state.step}: DeepSpeed skipped the last {skipped_in_a_row} steps "
+                "(gradient overflow); stopped without saving. Lower optimizer.lr, or raise "
+                "training.max_skipped_steps (0: never stop).")
+        return preempted, interrupted
+
     def train(self) -> int:
-        """Run to `total_steps`; returns 0, or PREEMPTED_EXIT_CODE after a preemption save."""
+        """Run the plan; returns 0, PREEMPTED_EXIT_CODE or INTERRUPTED_EXIT_CODE after a save,
+        DIVERGED_EXIT_CODE without one."""
         t, lg = self.cfg.training, self.cfg.logging
         rank0 = self.dims.rank == 0
+        signals = StopSignals()
         metrics = MetricsLogger(self.cfg, self.run_dir, self.total_steps, self.state.step, rank0)
+        if self.resumed_from is not None:
+            metrics.write({"event": "resumed", "step": self.state.step,
+                           "tokens": self.state.tokens,
+                           "checkpoint": str(self.resumed_from.directory)})
         throughput = Throughput(self.flops_per_token, lg.peak_tflops, self.dims.world_size)
         loader = self._loader(self.train_set, self.state.consumed_samples)
         pipe_iter = self._pipeline_iter(loader) if self.eng.is_pipeline else None
+        engine, opt = self.eng.engine, self.cfg.optimizer
+        skipped_in_a_row = 0
         exit_code = 0
         try:
             while self.state.step < self.total_steps:
-                lr = self.eng.engine.get_lr()[0]
+                lr = self.plan.lr(opt, self.state.step, self.state.tokens)
+                set_lr(engine.optimizer, opt, lr)
+                skipped_before = engine.skipped_steps
                 loss = self.train_step(loader, pipe_iter)
+                skipped = engine.skipped_steps > skipped_before
+                skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
                 self.state.step += 1
                 self.state.consumed_samples += t.global_batch_size
-                self.state.tokens += self.tokens_per_step
-                throughput.add(self.tokens_per_step)
+                self.state.tokens += self.plan.tokens_per_step
+                throughput.add(self.plan.tokens_per_step)
                 metrics.advance()
                 step = self.state.step
-                if step % lg.log_interval == 0 or step == self.total_steps:
-                    grad_norm = self.eng.engine.get_global_grad_norm()
+                grad_norm = engine.get_global_grad_norm()
+                grad_norm = None if grad_norm is None else float(grad_norm)
+                if step % lg.log_interval == 0 or step == self.total_steps or \
+                        not math.isfinite(loss) or skipped:
                     metrics.write({
-                        "step": step, "tokens": self.state.tokens, "loss": loss,
-                        "lr": lr,
-                        "grad_norm": None if grad_norm is None else float(grad_norm),
+                        "step": step, "tokens": self.state.tokens, "loss": loss, "lr": lr,
+                        "grad_norm": grad_norm, **({"skipped": True} if skipped else {}),
                         **throughput.report(), "memory_gb": memory_gb(self.dims.device),
                     })
+                preempted, interrupted = self._check_step(loss, grad_norm, skipped_in_a_row,
+                                                          signals)
                 if (t.eval_interval and step % t.eval_interval == 0) or step == self.total_steps:
                     val_loss = self.evaluate()
                     if val_loss is not None:
                         metrics.write({"step": step, "tokens": self.state.tokens,
                                        "val_loss": val_loss})
-                preempted = self.preemption.agreed(self.dims.device)
-                stop_now = preempted or (t.exit_interval and step % t.exit_interval == 0)
+                stop_now = preempted or interrupted or bool(
+                    t.exit_interval and step % t.exit_interval == 0)
                 if (t.save_interval and step % t.save_interval == 0) or stop_now or \
                         step == self.total_steps:
                     self.save()
                 if stop_now and step < self.total_steps:
-                    log.info("stopping at step %d (%s)", step,
-                             "preempted" if preempted else "exit interval")
-                    exit_code = PREEMPTED_EXIT_CODE if preempted else 0
+                    reason = ("preempted" if preempted else "interrupted" if interrupted
+                              else "exit interval")
+                    log.info("stopping at step %d (%s)", step, reason)
+                    exit_code = (PREEMPTED_EXIT_CODE if preempted else
+                                 INTERRUPTED_EXIT_CODE if interrupted else 0)
+                    if preempted and rank0:
+                        (self.run_dir / PREEMPTED_MARKER).write_text(f"step {step}\n")
                     break
+        except (TrainingDiverged, NonFiniteError) as err:
+            log.error("%s", err)
+            exit_code = DIVERGED_EXIT_CODE
         finally:
             metrics.close()
+            signals.restore()
+            self.lock.release()
         return exit_code

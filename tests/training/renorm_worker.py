@@ -70,8 +70,8 @@ def check(zero: int, precision: str, pp: int) -> dict[str, object]:
     assert zero == 0 or cuts.item() > 0, "no partition boundary cut a normalized vector"
     for p in params:
         dim = normalized_dim(p)
-        # DeepSpeed's own accessor (independent of parallel/masters.py) for ZeRO 1-3; ZeRO-0
-        # has none: the parameter itself (fp32) or its fp32 copy in the optimizer (bf16).
+        # DeepSpeed's own accessor (independent of parallel/deepspeed_internals.py) for ZeRO
+        # 1-3; ZeRO-0 has none: the parameter itself (fp32) or its fp32 copy (bf16).
         master = safe_get_full_fp32_param(p)
         if master is None:
             master = _zero0_master(eng.engine.optimizer, p)

@@ -1,4 +1,7 @@
-"""Where DeepSpeed keeps each parameter's master weight: the one reader of its private state.
+"""The one module that reaches into DeepSpeed's private state, asserting what it finds.
+
+Two things: where each parameter's master weight lives (`MasterWeights`), and the files DeepSpeed's
+checkpoint engine writes (`HashedCheckpointWrites`).
 
 nGPT's renormalization (`training/optimizer.py`) and the layout-independent checkpoint files
 (`training/reshard.py`) both need, for every parameter, the slice of its master weight (and of its
@@ -30,9 +33,12 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+from megatron_ngpt.training.digest import save_hashed
 
 PARAMETERS, FP32_COPIES = "parameters", "fp32-copies"
 ZERO_PARTITIONS, ZERO3_PARTITIONS = "zero-partitions", "zero3-partitions"
@@ -183,3 +189,31 @@ class MasterWeights:
         if self.partitions_parameters:
             for sub_group in range(len(self.optimizer.fp16_groups)):
                 self.optimizer._reassign_or_swap_out_partitioned_parameters(sub_group)
+
+
+class HashedCheckpointWrites:
+    """DeepSpeed's checkpoint engine made to write through `digest.save_hashed`, so that every
+    shard gets its checksum while it is written; `take` returns the digests by path.
+
+    DeepSpeed 0.19 writes every checkpoint file through `engine.checkpoint_engine.save(state_dict,
+    path)` (model states, ZeRO shards, pipeline layers); the default engine is a plain
+    `torch.save` in the zip format, which `save_hashed` writes too."""
+
+    def __init__(self, engine) -> None:
+        checkpoint_engine = getattr(engine, "checkpoint_engine", None)
+        if type(checkpoint_engine) is not TorchCheckpointEngine or \
+                not getattr(checkpoint_engine, "zipfile_serialization", True):
+            raise DeepSpeedLayoutError(
+                f"DeepSpeed {deepspeed.__version__}: expected its default TorchCheckpointEngine "
+                f"(zip serialization), found {type(checkpoint_engine).__name__}. This DeepSpeed "
+                "version or checkpoint configuration is not supported.")
+        self._digests: dict[str, dict] = {}
+        checkpoint_engine.save = self._save
+
+    def _save(self, state_dict, path: str) -> None:
+        self._digests[str(path)] = save_hashed(state_dict, path)
+
+    def take(self) -> dict[str, dict]:
+        """Digests of the files written since the last call, by path."""
+        digests, self._digests = self._digests, {}
+        return digests
