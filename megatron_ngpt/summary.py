@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ngpt.config import Config, ConfigError, load_config
+from megatron_ngpt.data.files import DataError
 
 _LAYER = re.compile(r"^layers\.(\d+)\.layer\.")
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     try:
         print(summarize(load_config(args[0], args[1:])))
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

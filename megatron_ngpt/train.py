@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return BAD_INPUT_EXIT_CODE
     # DeepSpeed and megatron-core load only past this point, so that `--help` is instant.
+    from megatron_ngpt.data.files import DataError
     from megatron_ngpt.parallel.deepspeed_internals import DeepSpeedLayoutError
     from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
     from megatron_ngpt.training.checkpoint import CheckpointError
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("config error: %s", err)
         _leave(BAD_INPUT_EXIT_CODE)
-    except (CheckpointError, RunDirectoryBusy, FileNotFoundError) as err:
+    except (CheckpointError, DataError, RunDirectoryBusy, FileNotFoundError) as err:
         log.error("error: %s", err)
         _leave(BAD_INPUT_EXIT_CODE)
     except OSError as err:  # a read-only or full disk: name the file, no traceback

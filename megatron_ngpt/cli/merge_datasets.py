@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         documents = merge_datasets(args.input, args.output_prefix)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # DataError is a ValueError: one line naming the file
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {args.output_prefix}.bin/.idx: {documents} documents")

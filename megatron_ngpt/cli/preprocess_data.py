@@ -12,7 +12,8 @@ import argparse
 import signal
 import sys
 
-from megatron_ngpt.data.preprocess import PreprocessError, preprocess
+from megatron_ngpt.data.files import DataError
+from megatron_ngpt.data.preprocess import preprocess
 from megatron_ngpt.data.sources import TEXT_MODES
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                            workers=args.workers, batch_size=args.batch_size,
                            append_eod=args.append_eod, strict=args.strict,
                            progress=not args.quiet)
-    except (PreprocessError, FileNotFoundError, ImportError) as err:
+    except (DataError, OSError, ImportError) as err:  # one line naming the file
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megatron_ngpt.data.files import DataError
 from megatron_ngpt.data.tokenizer_training import train_sentencepiece
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                                     json_key=args.json_key,
                                     input_sentence_size=args.input_sentence_size,
                                     num_threads=args.threads)
-    except FileNotFoundError as err:
+    except (DataError, OSError, ImportError) as err:  # one line naming the file
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {model} and {args.output_prefix}.vocab")

@@ -6,12 +6,18 @@ weights to weigh them by size, or a single prefix) cut into splits by ``data.spl
 are megatron-core GPTDataset items: ``tokens``, ``labels`` (tokens shifted by one),
 ``loss_mask`` and ``position_ids`` of ``seq_length`` each. Index caches go to `cache_dir`; with
 torch.distributed initialized, rank 0 builds them first and the other ranks then load them.
+
+Before anything is built every dataset is checked (integrity.py): its index is validated, its
+token ids must fit the tokenizer's vocabulary, and the SHA-1 of its ``.idx`` becomes part of
+every index-cache key, so a dataset regenerated under the same prefix never reuses the document,
+sample and shuffle indices cached for the old one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,8 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_ngpt.config import ConfigError, DataConfig
+from megatron_ngpt.data.files import DataError
+from megatron_ngpt.data.integrity import DatasetFacts, check_token_ids, inspect_dataset
 from megatron_ngpt.data.tokenizer import Tokenizer
 from megatron_ngpt.log import get_logger
 
@@ -67,43 +75,76 @@ def parse_blend(entries: list[str], key: str = "data.data_path") -> Blend | None
     return list(entries[1::2]), weights
 
 
-def _check_prefixes(blend: Blend | None, key: str) -> None:
+@dataclass
+class FileKeyedGPTDatasetConfig(GPTDatasetConfig):
+    data_files: dict[str, str] = field(default_factory=dict)
+    """Prefix -> SHA-1 of its .idx: part of every index-cache key (see FileKeyedGPTDataset)."""
+
+
+class FileKeyedGPTDataset(GPTDataset):
+    """megatron-core's GPTDataset with the data files' identity in its cache key. Its own key
+    names the prefix but not what the files hold, so indices cached for a dataset regenerated
+    under the same prefix would be reused: crashes or silently wrong samples. The key holds the
+    identity of every dataset of the config (changing one rebuilds the indices of all: they are
+    cheap) and reaches the BlendedDataset caches too, whose key includes their datasets'."""
+
+    @staticmethod
+    def _key_config_attributes() -> list[str]:
+        return [*GPTDataset._key_config_attributes(), "data_files"]
+
+
+def _inspect_blend(blend: Blend | None, key: str, vocab_size: int, cache_dir: str | None
+                  ) -> dict[str, DatasetFacts]:
+    """Facts of every prefix of a blend once its index is validated and its token ids are
+    known to fit `vocab_size`; any failure is a ConfigError naming `key` and the file."""
+    facts = {}
     for prefix in blend[0] if blend else []:
         if not IndexedDataset.exists(prefix):
             raise ConfigError(f"{key}: {prefix}.bin/.idx not found (make it with "
                               "tools/preprocess_data.py)")
+        try:
+            facts[prefix] = inspect_dataset(prefix, cache_dir)
+            check_token_ids(prefix, facts[prefix], vocab_size)
+        except DataError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    return facts
 
 
 def gpt_dataset_config(data_cfg: DataConfig, tokenizer: Tokenizer, seq_length: int, seed: int,
                        cache_dir: str | None) -> GPTDatasetConfig:
+    """The megatron-core config of `data_cfg`'s datasets, each checked by :func:`_inspect_blend`
+    against the tokenizer's vocabulary (which the model's padded vocabulary contains)."""
     per_split = {key: parse_blend(getattr(data_cfg, key), f"data.{key}")
                  for key in ("train_data_path", "valid_data_path", "test_data_path")}
     blend = parse_blend(data_cfg.data_path)
+    facts: dict[str, DatasetFacts] = {}
     if any(per_split.values()):
         for key, split_blend in per_split.items():
-            _check_prefixes(split_blend, f"data.{key}")
+            facts |= _inspect_blend(split_blend, f"data.{key}", tokenizer.vocab_size, cache_dir)
         blends: dict[str, Any] = {"blend_per_split": list(per_split.values())}
     elif blend:
-        _check_prefixes(blend, "data.data_path")
+        facts = _inspect_blend(blend, "data.data_path", tokenizer.vocab_size, cache_dir)
         blends = {"blend": blend, "split": data_cfg.split.replace("/", ",")}
     else:
         raise ConfigError("data.data_path: no dataset given (or set data.train_data_path)")
-    config = GPTDatasetConfig(
+    config = FileKeyedGPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, path_to_cache=cache_dir or None,
         tokenizer=MegatronTokenizerAdapter(tokenizer), reset_position_ids=False,
         reset_attention_mask=False, eod_mask_loss=False,
         create_attention_mask=False,  # our attention is causal by construction
+        data_files={prefix: f.idx_sha1 for prefix, f in facts.items()},
         **blends)
     if "blend" in blends:
-        _drop_empty_splits(config, blend[0], data_cfg.split)
+        _drop_empty_splits(config, facts, data_cfg.split)
     return config
 
 
-def _drop_empty_splits(config: GPTDatasetConfig, prefixes: list[str], split: str) -> None:
+def _drop_empty_splits(config: GPTDatasetConfig, facts: dict[str, DatasetFacts],
+                       split: str) -> None:
     """A split that gets no document of some prefix would make megatron-core loop forever
     (zero tokens per epoch): fail for train, drop valid/test with a warning."""
-    for prefix in prefixes:
-        documents = len(IndexedDataset(prefix))
+    for prefix, prefix_facts in facts.items():
+        documents = prefix_facts.sequences  # megatron-core splits a GPT dataset by sequence
         for index, name in enumerate(("train", "valid", "test")):
             bounds = config.split_matrix[index]
             if bounds is None:
@@ -128,7 +169,8 @@ def build_datasets(data_cfg: DataConfig, tokenizer: Tokenizer, seq_length: int,
     so no tensor-parallel broadcast of batches is needed); pass `is_built_on_rank` to build them
     only where batches are consumed."""
     config = gpt_dataset_config(data_cfg, tokenizer, seq_length, seed, cache_dir)
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), is_built_on_rank, config)
+    builder = BlendedMegatronDatasetBuilder(FileKeyedGPTDataset, list(num_samples),
+                                            is_built_on_rank, config)
     with _process_group_for_caching(config.path_to_cache):
         train, valid, test = builder.build()
     return train, valid, test

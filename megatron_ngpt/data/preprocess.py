@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from megatron_ngpt.data.indexed import IndexedDatasetWriter, output_prefix_for, token_dtype
+from megatron_ngpt.data.files import DataError
+from megatron_ngpt.data.indexed import output_prefix_for, token_dtype, writing_datasets
 from megatron_ngpt.data.sources import BadRecord, Batch, expand_inputs, iter_batches, parse_record
 from megatron_ngpt.data.tokenizer import Tokenizer, load_tokenizer
 
 MAX_REPORTED = 5  # bad records quoted in the summary; all are counted
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(DataError):
     """A bad record under ``strict``, or an unusable invocation; the message says where."""
 
 
@@ -140,7 +141,9 @@ def preprocess(output_prefix: str, tokenizer_path: str, inputs: Iterable[str] = 
                batch_size: int = 256, append_eod: bool = True, strict: bool = False,
                progress: bool = True) -> PreprocessStats:
     """Tokenize `inputs` (files/globs) and/or `hf_dataset` into ``{output_prefix}_{key}_document``
-    for each json key. Raises PreprocessError under `strict` at the first bad record."""
+    for each json key. Raises PreprocessError under `strict` at the first bad record, and
+    DataError for an input that ends early or is corrupt, an unusable tokenizer or an output that
+    cannot be written; nothing is left behind then."""
     keys = tuple(json_keys)
     if text_mode != "jsonl" and len(keys) != 1:
         raise PreprocessError(f"--text-mode {text_mode} makes one dataset: give one key, "
@@ -154,8 +157,9 @@ def preprocess(output_prefix: str, tokenizer_path: str, inputs: Iterable[str] = 
     stats = PreprocessStats()
     start = time.perf_counter()
     with ExitStack() as stack:
-        writers = {key: stack.enter_context(IndexedDatasetWriter(
-            output_prefix_for(output_prefix, key), encoder.dtype)) for key in keys}
+        writers = dict(zip(keys, stack.enter_context(writing_datasets(
+            [output_prefix_for(output_prefix, key) for key in keys], encoder.dtype)),
+            strict=True))
         bar = stack.enter_context(tqdm(unit="doc", disable=not progress, mininterval=1.0))
         batches = iter_batches(files, text_mode, batch_size, hf_dataset, hf_split)
         # Closed on the way out, so that an error stops the worker pool at once.

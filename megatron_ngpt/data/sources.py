@@ -12,10 +12,13 @@ import glob
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from megatron_ngpt.data.files import DataError, os_reason
 
 TEXT_MODES = ("jsonl", "file", "blocks")
 
@@ -57,41 +60,117 @@ def expand_inputs(patterns: Iterable[str]) -> list[str]:
     return files
 
 
-def open_binary(path: str) -> IO[bytes]:
-    """Open for reading bytes, decompressing .gz and .zst/.zstd on the fly."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith((".zst", ".zstd")):
+_ZSTD_READ_SIZE = 1 << 17  # compressed bytes per read (zstd's recommended input size)
+
+
+class CorruptInput(ValueError):
+    """zstd data that does not decode: zstandard's error as a type read_lines can catch
+    without importing zstandard."""
+
+
+class _ZstdReader(io.RawIOBase):
+    """Every frame of a .zst file, decompressed, one frame at a time. zstandard's own
+    ``stream_reader`` treats a file that ends inside a frame as a clean end, so a truncated
+    download would silently lose the rest of the file; here it raises ``EOFError``."""
+
+    def __init__(self, path: str):
         try:
             import zstandard
         except ImportError as err:
             raise ImportError(f"{path}: reading .zst needs `pip install zstandard`") from err
-        raw = open(path, "rb")  # closed by the reader (closefd)
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        self._source = open(path, "rb")
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._zstd_error = zstandard.ZstdError
+        self._frame: Any = None  # the frame being decompressed (a zstandard decompressobj)
+        self._output = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._output:
+            compressed = self._source.read(_ZSTD_READ_SIZE)
+            if not compressed:
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("the file ends inside a zstd frame")
+                return 0
+            self._output = memoryview(self._decompress(compressed))
+        size = min(len(buffer), len(self._output))
+        buffer[:size] = self._output[:size]
+        self._output = self._output[size:]
+        return size
+
+    def _decompress(self, compressed: bytes) -> bytes:
+        parts = []
+        while compressed:  # a chunk can end one frame and start the next
+            if self._frame is None or self._frame.eof:
+                self._frame = self._decompressor.decompressobj()
+            try:
+                parts.append(self._frame.decompress(compressed))
+            except self._zstd_error as err:
+                raise CorruptInput(str(err)) from None
+            compressed = self._frame.unused_data if self._frame.eof else b""
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open for reading bytes, decompressing .gz and .zst/.zstd on the fly. Read through
+    :func:`read_lines`, which turns a truncated or corrupt file into one clear error."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith((".zst", ".zstd")):
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 16)
     return open(path, "rb")
 
 
+def _read_error(path: str, err: Exception, lines: int) -> DataError:
+    where = f" after line {lines}" if lines else ""
+    if isinstance(err, EOFError):
+        return DataError(f"{path}: compressed data ends early{where} (truncated file?): {err}")
+    if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile):
+        return DataError(f"{path}: cannot read{where}: {os_reason(err)}")
+    return DataError(f"{path}: corrupt compressed data{where}: {err}")
+
+
+def read_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file, decompressed. A compressed file that ends early or does not
+    decode (gzip CRC, zstd checksum) raises DataError naming it and the last good line: a
+    silently shorter corpus is worse than a failed run. (A plain file's last line without a
+    newline is simply its last line.)"""
+    number = 0
+    try:
+        with open_binary(path) as stream:
+            for number, line in enumerate(stream, start=1):
+                yield number, line
+    except (EOFError, OSError, zlib.error, CorruptInput) as err:
+        raise _read_error(path, err, number) from None
+
+
 def _file_records(path: str, mode: str) -> Iterator[tuple[int, bytes]]:
-    with open_binary(path) as stream:
-        if mode == "file":
-            yield 1, stream.read()
-            return
-        block: list[bytes] = []
-        start = 0
-        for number, line in enumerate(stream, start=1):
-            if mode == "jsonl":
-                if line.strip():  # blank lines are not documents, not even bad ones
-                    yield number, line
-                continue
-            if line.strip():
-                if not block:
-                    start = number
-                block.append(line)
-            elif block:
-                yield start, b"".join(block)
-                block = []
-        if block:
+    lines = read_lines(path)
+    if mode == "file":
+        yield 1, b"".join(line for _, line in lines)
+        return
+    block: list[bytes] = []
+    start = 0
+    for number, line in lines:
+        if mode == "jsonl":
+            if line.strip():  # blank lines are not documents, not even bad ones
+                yield number, line
+            continue
+        if line.strip():
+            if not block:
+                start = number
+            block.append(line)
+        elif block:
             yield start, b"".join(block)
+            block = []
+    if block:
+        yield start, b"".join(block)
 
 
 def _hf_rows(name: str, split: str) -> Iterator[tuple[int, dict]]:

@@ -13,6 +13,8 @@ import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from megatron_ngpt.data.files import DataError
+
 
 class Tokenizer(ABC):
     """Text <-> ids. ``encode``/``encode_batch`` never add bos/eos; ``decode`` drops special ids."""
@@ -43,6 +45,8 @@ class Tokenizer(ABC):
 
 
 class SentencePieceTokenizer(Tokenizer):
+    description = "SentencePiece model"
+
     def __init__(self, path: str | Path):
         import sentencepiece
 
@@ -52,7 +56,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.bos_id = self._sp.bos_id()
         self.eos_id = self._sp.eos_id()
         if self.eos_id < 0:
-            raise ValueError(f"{self.path}: the SentencePiece model defines no eos token")
+            raise DataError(f"{self.path}: the SentencePiece model defines no eos token")
         self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self.eos_id
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -79,6 +83,8 @@ class HFTokenizer(Tokenizer):
     """A Hugging Face `tokenizers` model; bos/eos come from a sibling tokenizer_config.json when
     there is one, else from the usual token names."""
 
+    description = "Hugging Face tokenizer.json"
+
     def __init__(self, path: str | Path):
         from tokenizers import Tokenizer as _HFTokenizer
 
@@ -90,7 +96,7 @@ class HFTokenizer(Tokenizer):
         bos = self._find(_special_token(config, "bos_token"), _BOS_NAMES)
         eos = self._find(_special_token(config, "eos_token"), _EOS_NAMES)
         if eos is None:
-            raise ValueError(f"{self.path}: no end-of-text token found (tried {_EOS_NAMES}); "
+            raise DataError(f"{self.path}: no end-of-text token found (tried {_EOS_NAMES}); "
                              "name it as eos_token in a tokenizer_config.json beside it")
         self.eos_id = eos
         self.bos_id = bos if bos is not None else eos
@@ -113,7 +119,8 @@ class HFTokenizer(Tokenizer):
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A SentencePiece ``*.model``, a ``tokenizer.json``, or a folder holding either (a
-    ``tokenizer.model`` wins, as in LLaMA checkpoints)."""
+    ``tokenizer.model`` wins, as in LLaMA checkpoints). A missing file is a FileNotFoundError,
+    one that does not load a DataError; both name it."""
     path = Path(path)
     if path.is_dir():
         for name in ("tokenizer.model", "tokenizer.json"):
@@ -122,6 +129,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"{path}: no tokenizer.model or tokenizer.json in this folder")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
-    if path.suffix == ".json":
-        return HFTokenizer(path)
-    return SentencePieceTokenizer(path)
+    kind = HFTokenizer if path.suffix == ".json" else SentencePieceTokenizer
+    try:
+        return kind(path)
+    except (DataError, ImportError):
+        raise
+    except Exception as err:  # sentencepiece raises RuntimeError/OSError, tokenizers Exception
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: not a readable {kind.description} ({reason})") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatron_ngpt.data.tokenizer import HFTokenizer, SentencePieceTokenizer, load_tokenizer
-from megatron_ngpt.data.tokenizer_training import train_sentencepiece
+from megatron_ngpt.data.tokenizer_training import train_sentencepiece, vocab_text
 
 TEXTS = ["Hello world", "  two  spaces\nand a newline\n", "digits 12345 and 3.14",
          "non-ASCII: café, naïve, 東京, emoji 🙂", "tabs\tand trailing space "]
@@ -46,6 +46,20 @@ def test_train_tokenizer_accepts_plain_text(tmp_path):
     tokenizer = load_tokenizer(model)
     assert tokenizer.vocab_size == 300
     assert tokenizer.decode(tokenizer.encode("lazy dog 42")) == "lazy dog 42"
+
+
+def test_our_vocab_file_is_the_one_sentencepiece_writes(tmp_path):
+    """train_sentencepiece writes the .vocab itself (SentencePiece's own writing reports success
+    on a full disk): it must be byte for byte what SentencePiece writes."""
+    import sentencepiece
+
+    text = tmp_path / "plain.txt"
+    text.write_text("".join(f"line {i}: caf\u00e9 and {i * 7} more words\n" for i in range(300)))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "ref"), model_type="bpe", vocab_size=300,
+        byte_fallback=True, minloglevel=2)
+    model = (tmp_path / "ref.model").read_bytes()
+    assert vocab_text(model) == (tmp_path / "ref.vocab").read_bytes()
 
 
 @pytest.fixture(scope="module")

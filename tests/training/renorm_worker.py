@@ -52,7 +52,7 @@ def check(zero: int, precision: str, pp: int) -> dict[str, object]:
     dims = init_distributed(1, pp, "cpu")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model_config = build_transformer_config(cfg.model, VOCAB, 1, pp, dtype)
-    eng = build_engine(cfg, build_model(model_config, dims), dims, total_steps=10)
+    eng = build_engine(cfg, build_model(model_config, dims), dims)
     generator = torch.Generator().manual_seed(ps.get_data_parallel_rank())
     for _ in range(3):
         batches = [torch.randint(0, VOCAB, (MBS, SEQ + 1), generator=generator)
