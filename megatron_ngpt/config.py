@@ -97,7 +97,10 @@ class TrainingConfig:
     global_batch_size: int = 512
     train_iters: int = 0
     train_tokens: int = 0  # token budget; used when train_iters is 0
-    precision: str = "bf16"  # "fp32" or "bf16"
+    # "fp32": everything fp32. "bf16": bf16 model, fp32 masters, Adam states and gradient
+    # accumulation. "bf16-params": parameters stored and updated in bf16, no fp32 master copy,
+    # bf16 Adam states (the nGPT paper's setting; ZeRO 1-3). See docs/training.md.
+    precision: str = "bf16"
     seed: int = 1234
     device: str = "auto"  # "auto", "cpu" or "cuda"
     save: str = ""  # run directory
@@ -187,7 +190,7 @@ _CHOICES = {
     "model.arch": ("ngpt", "gpt2"),
     "model.normalization": ("RMSNorm", "LayerNorm"),
     "model.transformer_impl": ("local", "transformer_engine"),
-    "training.precision": ("fp32", "bf16"),
+    "training.precision": ("fp32", "bf16", "bf16-params"),
     "training.device": ("auto", "cpu", "cuda"),
     "optimizer.lr_decay_style": ("cosine", "linear", "constant"),
 }
@@ -255,6 +258,10 @@ def _validate(cfg: Config, world_size: int | None) -> None:
         _fail("parallel.zero_stage",
               f"ZeRO-{p.zero_stage} is incompatible with pipeline parallelism (PP={pp}) in "
               "DeepSpeed's pipeline engine; use zero_stage 0 or 1")
+    if t.precision == "bf16-params" and p.zero_stage == 0:
+        _fail("training.precision",
+              "bf16-params keeps its bf16 master weights in DeepSpeed's ZeRO optimizer: use "
+              "parallel.zero_stage 1, 2 or 3")
     if cfg.model.compile_layers and p.zero_stage == 3:
         _fail("model.compile_layers",
               "not supported with ZeRO-3, whose parameter hooks make torch.compile recompile "

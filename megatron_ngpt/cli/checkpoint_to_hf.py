@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    dtype = args.dtype or config.training.precision
+    dtype = args.dtype or ("fp32" if config.training.precision == "fp32" else "bf16")
     print(f"exported {config.model.arch} step {step} of {args.checkpoint} to {output} ({dtype})")
     return 0
 

@@ -107,7 +107,7 @@ def export_to_hf(config: Config, state_dict: dict[str, torch.Tensor],
 
     `dtype` defaults to the training precision (`training.precision`); `source` (what the
     weights came from) goes into `export_info.json`."""
-    dtype = dtype or config.training.precision
+    dtype = dtype or ("fp32" if config.training.precision == "fp32" else "bf16")
     output_dir = Path(output_dir)
     if dtype not in DTYPES:
         raise ExportError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")

@@ -16,7 +16,11 @@ slice lives, follows from the ZeRO stage and the precision (DeepSpeed 0.19's
 | 0 | bf16, pipeline | `BF16_Optimizer` | a fragment of a flat fp32 partition (`zero-partitions`) |
 | 1 | bf16 | `BF16_Optimizer` (fp32 gradient accumulation) | same (`zero-partitions`) |
 | 1, 2 | fp32, bf16 | `DeepSpeedZeroOptimizer` | same (`zero-partitions`) |
+| 1, 2 | bf16-params | `DeepSpeedZeroOptimizer` | a fragment of a flat **bf16** partition |
 | 3 | fp32, bf16 | `DeepSpeedZeroOptimizer_Stage3` | a slice per parameter (`zero3-partitions`) |
+| 3 | bf16-params | `DeepSpeedZeroOptimizer_Stage3` | a slice of a **bf16** partition |
+
+The masters' dtype is checked too: fp32, except bf16 for `bf16-params`.
 
 `MasterWeights` checks at start-up that DeepSpeed built what this table says, with the private
 attributes this module reads, and fails naming the DeepSpeed version otherwise: a silent fallback
@@ -61,9 +65,13 @@ def expected_layout(zero_stage: int, precision: str, pipeline: bool) -> str:
     """Where the masters live for this configuration (the table of the module docstring)."""
     if zero_stage == 3:
         return ZERO3_PARTITIONS
-    if zero_stage > 0 or (precision == "bf16" and pipeline):
+    if zero_stage > 0 or (precision != "fp32" and pipeline):
         return ZERO_PARTITIONS
-    return FP32_COPIES if precision == "bf16" else PARAMETERS
+    return FP32_COPIES if precision != "fp32" else PARAMETERS
+
+
+def expected_master_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16-params" else torch.float32
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,17 @@ class MasterWeights:
                         } if self.layout == FP32_COPIES else {}
         self._zero3_dp_rank = (dist.get_rank(optimizer.dp_process_group)
                                if self.layout == ZERO3_PARTITIONS else 0)
+        found = {s.owner.dtype for s in map(self.slice, params) if s is not None}
+        expected = expected_master_dtype(precision)
+        if precision == "bf16-params" and not isinstance(optimizer, (DeepSpeedZeroOptimizer,
+                                                                     DeepSpeedZeroOptimizer_Stage3)):
+            found = {type(optimizer).__name__}
+        if found - {expected}:
+            raise DeepSpeedLayoutError(
+                f"DeepSpeed {deepspeed.__version__}: {precision} should keep {expected} master "
+                f"weights, found {', '.join(sorted(map(str, found)))}. This DeepSpeed version "
+                "is not supported (see setup.py for the tested range).")
+        self.dtype = expected
 
     @staticmethod
     def _has_hp_mappings(params: Sequence[torch.Tensor]) -> bool:

@@ -47,11 +47,16 @@ def deepspeed_config(cfg: Config, dims: ParallelDims) -> dict:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
-        "bf16": {"enabled": t.precision == "bf16"},
+        "bf16": {"enabled": t.precision != "fp32"},
     }
     if t.precision == "bf16" and p.zero_stage == 1:
         # DeepSpeed's BF16 optimizer: fp32 gradient accumulation and fp32 master partitions.
         config["data_types"] = {"grad_accum_dtype": "fp32"}
+    if t.precision == "bf16-params":
+        # The ZeRO optimizer keeps its master partitions, gradients and Adam states in bf16:
+        # torch's AdamW then updates bf16 values directly, rounding to nearest, as the paper's
+        # reference code does (no stochastic rounding in DeepSpeed 0.19).
+        config["bf16"].update(bf16_master_weights_and_grads=True, bf16_optimizer_states=True)
     if dims.pp > 1:
         config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     return config

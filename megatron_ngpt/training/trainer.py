@@ -206,7 +206,7 @@ class Trainer:
         plan = RunPlan.for_run(cfg, state.step, state.tokens)
         model_config = build_transformer_config(
             cfg.model, cfg.model.vocab_size, dims.tp, dims.pp,
-            torch.bfloat16 if t.precision == "bf16" else torch.float32,
+            torch.float32 if t.precision == "fp32" else torch.bfloat16,
             p.activation_checkpointing, init_seed=t.seed)
         engine = build_engine(cfg, build_model(model_config, dims), dims)
         datasets = build_datasets(cfg.data, tokenizer, cfg.data.seq_length,
