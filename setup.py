@@ -27,6 +27,6 @@ setup(
     extras_require={
         "eval": ["lm-eval", "transformers", "safetensors", "accelerate", "datasets"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
-        "dev": ["pytest", "ruff", "matplotlib"],
+        "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib"],
     },
 )

@@ -1,5 +1,6 @@
 """`tools/demo.py --quick` end to end: every artifact of the report is there and has numbers."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_ngpt.experiments.manifest import load_manifest
 from tests.distributed import DIST_VARIABLES, REPO
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -24,6 +26,7 @@ def run_demo(out: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_quick_demo_writes_every_artifact(tmp_path):
     out = tmp_path / "demo"
     log = run_demo(out)
@@ -38,15 +41,25 @@ def test_quick_demo_writes_every_artifact(tmp_path):
         assert (out / "eval" / model / "results.json").is_file()
 
     report = (out / "REPORT.md").read_text()
-    for model in ("ngpt", "gpt2"):  # final validation losses
-        assert re.search(rf"^\| {model} \| 8.192K \| \d+\.\d{{4}} \|", report, re.MULTILINE)
+    for model in ("ngpt", "gpt2"):  # final validation losses: the runs' own last val_loss
+        sweep = load_manifest(out / "sweep")
+        run = sweep.run_path(max((r for r in sweep.runs if r.model == model),
+                                 key=lambda r: r.budget))
+        final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                 if "val_loss" in line][-1]["val_loss"]
+        assert re.search(rf"^\| {model} \| 8.192K \| {final:.4f} \|", report, re.MULTILINE)
     assert "## Speedup of ngpt over gpt2 (token-budget sweep)" in report
     assert re.search(r"^\| 8.192K \| \d+\.\d{4} \| .+x", report, re.MULTILINE)
     evals = report.split("## Downstream evaluation")[1].split("## Reproduce")[0]
     assert "| task | metric | ngpt | gpt2 |" in evals
     body = evals.split("|---|---|---|---|\n")[1]
-    scores = re.findall(r"^\| [\w.-]+ \| [\w.-]+ \| (.+) \| (.+) \|$", body, re.MULTILINE)
-    assert scores and all(re.match(r"\d+\.\d{4}", cell) for row in scores for cell in row)
+    rows = re.findall(r"^\| ([\w.-]+) \| ([\w.-]+) \| (.+) \| (.+) \|$", body, re.MULTILINE)
+    assert rows
+    results = {m: json.loads((out / "eval" / m / "results.json").read_text())["results"]
+               for m in ("ngpt", "gpt2")}
+    for task, metric, *cells in rows:  # each cell is lm-eval's own number for that model
+        for model, cell in zip(("ngpt", "gpt2"), cells, strict=True):
+            assert cell.startswith(f"{results[model][task][f'{metric},none']:.4f}"), (task, cell)
     assert "python -m megatron_ngpt.cli.checkpoint_to_hf" in report
     assert "(loss_curves.png)" in report
 

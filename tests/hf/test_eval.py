@@ -1,4 +1,5 @@
-"""lm-eval on an exported tiny model, through tools/eval.py and through the lm_eval CLI.
+"""lm-eval on an exported tiny model, through tools/eval.py and through the lm_eval CLI: the scores
+must be the ones computed here, from the task definitions, with the exported model.
 
 The tasks in megatron_ngpt/eval/tasks are one multiple-choice task (arc_easy style) and one
 last-word loglikelihood task (lambada style) over local jsonl files; their paths are relative to
@@ -8,16 +9,20 @@ the repository root, so lm-eval runs from there.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoTokenizer
 
 from megatron_ngpt.cli import eval as eval_cli
 from megatron_ngpt.eval.harness import TASK_GROUPS, expand_tasks
 from tests.distributed import REPO
+from tests.hf.parity import load_hf_model
 
 TASKS = "tiny_choice,tiny_cloze"
 INCLUDE = "megatron_ngpt/eval/tasks"
@@ -31,11 +36,50 @@ def test_seed_expands_to_the_five_paper_tasks():
         expand_tasks(" , ")
 
 
-def _check_results(results: dict) -> None:
-    assert 0.0 <= results["tiny_choice"]["acc,none"] <= 1.0
-    assert 0.0 <= results["tiny_choice"]["acc_norm,none"] <= 1.0
-    assert results["tiny_cloze"]["perplexity,none"] > 1.0
-    assert 0.0 <= results["tiny_cloze"]["acc,none"] <= 1.0
+def _loglikelihood(model, tokenizer, context: str, continuation: str) -> tuple[float, bool]:
+    """log p(continuation | context) and whether it is the greedy continuation, split into
+    tokens as lm-eval splits them (a context's trailing spaces move to the continuation)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    context_ids = encode(context)
+    target = encode(context + continuation)[len(context_ids):]
+    ids = torch.tensor([context_ids + target])
+    with torch.no_grad():
+        logprobs = model(ids[:, :-1]).logits[0, len(context_ids) - 1:].float().log_softmax(-1)
+    targets = torch.tensor(target)
+    picked = logprobs.gather(-1, targets[:, None]).sum().item()
+    return picked, bool((logprobs.argmax(-1) == targets).all())
+
+
+def _expected_scores(folder: Path, limit: int) -> dict[str, dict[str, float]]:
+    """The local tasks' metrics computed here from their definitions (the task YAMLs), with the
+    exported model: what lm-eval must report."""
+    model, tokenizer = load_hf_model(folder), AutoTokenizer.from_pretrained(folder)
+    tasks = REPO / INCLUDE
+    choice_docs = [json.loads(line) for line in
+                   (tasks / "tiny_choice.jsonl").read_text().splitlines()[:limit]]
+    acc, acc_norm = [], []
+    for doc in choice_docs:
+        context = f"Question: {doc['question']}\nAnswer:"
+        lls = [_loglikelihood(model, tokenizer, context, f" {choice}")[0]
+               for choice in doc["choices"]]
+        acc.append(float(max(range(len(lls)), key=lls.__getitem__) == doc["label"]))
+        normed = [ll / len(choice) for ll, choice in zip(lls, doc["choices"], strict=True)]
+        acc_norm.append(float(max(range(len(normed)), key=normed.__getitem__) == doc["label"]))
+    cloze = [_loglikelihood(model, tokenizer, " ".join(words[:-1]), f" {words[-1]}")
+             for words in (json.loads(line)["text"].split(" ") for line in
+                           (tasks / "tiny_cloze.jsonl").read_text().splitlines()[:limit])]
+    return {"tiny_choice": {"acc,none": sum(acc) / limit, "acc_norm,none": sum(acc_norm) / limit},
+            "tiny_cloze": {"perplexity,none": math.exp(-sum(ll for ll, _ in cloze) / limit),
+                           "acc,none": sum(greedy for _, greedy in cloze) / limit}}
+
+
+def _check_results(results: dict, folder: Path, limit: int) -> None:
+    for task, metrics in _expected_scores(folder, limit).items():
+        for name, value in metrics.items():
+            assert results[task][name] == pytest.approx(value, rel=1e-5), (task, name)
 
 
 def test_eval_tool_writes_results(exported, tmp_path, monkeypatch, capsys):
@@ -45,7 +89,7 @@ def test_eval_tool_writes_results(exported, tmp_path, monkeypatch, capsys):
     code = eval_cli.main(["--model", str(folder), "--tasks", TASKS, "--include-path", INCLUDE,
                           "--limit", "4", "--output", str(out)])
     assert code == 0
-    _check_results(json.loads((out / "results.json").read_text())["results"])
+    _check_results(json.loads((out / "results.json").read_text())["results"], folder, 4)
     table = (out / "results.md").read_text()
     assert all(word in table for word in ("tiny_choice", "tiny_cloze", "acc_norm", "perplexity"))
     assert "Limited to 4 documents" in table
@@ -67,4 +111,4 @@ def test_lm_eval_cli_runs_exported_ngpt(exported, tmp_path):
         check=True, cwd=REPO, env=env, capture_output=True,
     )
     (results_file,) = (tmp_path / "cli").rglob("results*.json")
-    _check_results(json.loads(results_file.read_text())["results"])
+    _check_results(json.loads(results_file.read_text())["results"], folder, 4)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.distributed import DIST_VARIABLES
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 START = REPO / "tests/slurm/start_cluster.sh"

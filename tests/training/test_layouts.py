@@ -1,4 +1,6 @@
-"""Same data, same seed: every parallel layout gives the 1-rank losses (fp32, CPU, gloo)."""
+"""Same data, same seed: every parallel layout gives the 1-rank losses and gradient norms (fp32,
+CPU, gloo). The gradient norm is DeepSpeed's global one: a parameter counted twice (or missed)
+across tensor-parallel ranks shows there even when the loss does not move yet."""
 
 from __future__ import annotations
 
@@ -26,17 +28,18 @@ def reference(request, tmp_path_factory, tiny_dataset_prefix, sp_tokenizer_path)
     run_dir = tmp_path_factory.mktemp(f"{arch}-1rank")
     train(1, run_dir, arch, tiny_dataset_prefix, sp_tokenizer_path, "--train-iters", str(STEPS),
           "--zero-stage", "0")
-    return arch, losses(run_dir)
+    return arch, run_dir
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_layout_reproduces_single_rank_losses(layout, reference, tmp_path, tiny_dataset_prefix,
                                               sp_tokenizer_path):
-    arch, expected = reference
+    arch, ref_dir = reference
     ranks, flags = LAYOUTS[layout]
     train(ranks, tmp_path, arch, tiny_dataset_prefix, sp_tokenizer_path,
           "--train-iters", str(STEPS), *flags)
     got = losses(tmp_path)
     assert len(got) == STEPS
-    assert_close(got, expected, rel=1e-4)
+    assert_close(got, losses(ref_dir), rel=1e-4)
+    assert_close(losses(tmp_path, "grad_norm"), losses(ref_dir, "grad_norm"), rel=1e-4)

@@ -7,6 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+import yaml
+
+from megatron_ngpt.config import config_from_dict
+from megatron_ngpt.data.datasets import build_datasets
+from megatron_ngpt.data.tokenizer import load_tokenizer
+from megatron_ngpt.training.schedule import RunPlan
+from megatron_ngpt.training.trainer import TrainState, sample_counts
 from tests.distributed import REPO, clean_env, torchrun
 from tests.tiny import TINY_RUN
 
@@ -69,3 +78,25 @@ def assert_close(a: dict[int, float], b: dict[int, float], rel: float) -> None:
 
 def subset(values: dict[int, float], steps) -> dict[int, float]:
     return {step: values[step] for step in steps}
+
+
+def validation_samples(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The samples a run's validation loss is computed on (the first `eval_iters` global batches
+    of its validation split), built from its saved config exactly as the trainer built them."""
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    counts = sample_counts(cfg, TrainState(), RunPlan.for_run(cfg))
+    _, valid, _ = build_datasets(cfg.data, load_tokenizer(cfg.data.tokenizer_model),
+                                 cfg.data.seq_length, counts, cfg.training.seed,
+                                 str(run_dir / "data_cache"))
+    items = [valid[i] for i in range(cfg.training.eval_iters * cfg.training.global_batch_size)]
+    return {key: torch.stack([torch.as_tensor(item[key]) for item in items])
+            for key in ("tokens", "labels", "loss_mask")}
+
+
+def hf_validation_loss(model, samples: dict[str, torch.Tensor]) -> float:
+    """Mean token cross entropy of a Hugging Face causal LM on `validation_samples`."""
+    with torch.no_grad():
+        logits = model(samples["tokens"]).logits.float()
+    losses = F.cross_entropy(logits.flatten(0, 1), samples["labels"].flatten(), reduction="none")
+    mask = samples["loss_mask"].flatten().float()
+    return float((losses * mask).sum() / mask.sum())
