@@ -17,7 +17,8 @@ Which DeepSpeed optimizer wrapper runs decides the buffers (`optimizer_wrapper` 
 ``DeepSpeedEngine._do_optimizer_sanity_check`` for this project's engine config). The step's
 memory peaks in one of three phases, and the plan takes the largest:
 
-- forward/backward: resident state + activations + logits + ZeRO's reduce bucket;
+- forward/backward: resident state + activations and logits, or, once the logits are gone,
+  the remaining activations + ZeRO-1/2's reduce bucket;
 - end of backward: resident state + the gradients + the all-reduce's flattened copy;
 - optimizer step: resident state + the gradients + the step's gradient copies and temporaries.
 
@@ -107,10 +108,15 @@ def layout_from_config(cfg: Config, world_size: int) -> Layout:
 
 
 def default_world_size(cfg: Config) -> int:
-    """One 8-GPU node (the sbatch scripts' default), or the fewest GPUs that hold TP x PP."""
-    p = cfg.parallel
+    """One 8-GPU node (the sbatch scripts' default): the most GPUs up to 8 (or up to TP x PP,
+    if larger) that hold whole TP x PP groups and split the global batch into micro-batches."""
+    p, t = cfg.parallel, cfg.training
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
-    return -(-8 // model_parallel) * model_parallel
+    for world in range(max(8, model_parallel) // model_parallel * model_parallel, 0,
+                       -model_parallel):
+        if t.global_batch_size % (t.micro_batch_size * (world // model_parallel)) == 0:
+            return world
+    return model_parallel
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -391,6 +397,16 @@ def logits_transient_bytes(cfg: Config, layout: Layout, regime: str, vocab_size:
     return head_dtype_bytes(regime) * -(-vocab_size // layout.tp) * layout.tokens
 
 
+def logits_and_loss_bytes(cfg: Config, layout: Layout, regime: str, vocab_size: int,
+                          stage: int) -> float:
+    """The logits and the loss's fp32 softmax: gone by the time the first parameter gradient
+    (the LM head's) is ready, which is when ZeRO-1/2 allocate their reduce bucket."""
+    if stage != layout.pp - 1:
+        return 0.0
+    softmax = FP32 * -(-vocab_size // layout.tp) * layout.tokens
+    return softmax + logits_transient_bytes(cfg, layout, regime, vocab_size)
+
+
 def micro_batches_in_flight(layout: Layout, stage: int) -> int:
     """Forward passes a stage runs before its first backward: 1 without a pipeline,
     ``PP - stage`` in DeepSpeed's 1F1B schedule (at most the accumulation steps)."""
@@ -441,6 +457,7 @@ class MemoryPlan:
     zero3_gathered: float
     activations: float
     activations_checkpointed: float
+    logits_and_loss: float
 
     @property
     def resident(self) -> float:
@@ -452,8 +469,9 @@ class MemoryPlan:
     def peak(self, checkpointing: bool = False) -> float:
         """The largest of the three phases (forward/backward, end of backward, step)."""
         acts = self.activations_checkpointed if checkpointing else self.activations
-        bucket = self.reduce_bucket if self.wrapper == ZERO_1_2 else 0.0
-        forward_backward = self.resident + acts + bucket + self.zero3_gathered
+        with_bucket = acts - self.logits_and_loss + self.reduce_bucket \
+            if self.wrapper == ZERO_1_2 else 0.0
+        forward_backward = self.resident + max(acts, with_bucket) + self.zero3_gathered
         end_of_backward = self.resident + self.backward_gradients + self.reduce_copy
         step = self.resident + self.backward_gradients + self.step_temporaries
         return max(forward_backward, end_of_backward, step)
@@ -473,6 +491,7 @@ def plan_stage(cfg: Config, vocab_size: int, layout: Layout, regime: str, stage:
         activations=activations(cfg, layout, regime, params, fused, vocab_size, False),
         activations_checkpointed=activations(cfg, layout, regime, params, fused, vocab_size,
                                              True),
+        logits_and_loss=logits_and_loss_bytes(cfg, layout, regime, vocab_size, stage),
     )
 
 
@@ -497,6 +516,7 @@ ROWS = (
     ("ZeRO-3 gathered parameters", "zero3_gathered"),
     ("activations + logits, per micro-batch", "activations"),
     ("  with activation checkpointing", "activations_checkpointed"),
+    ("  of which logits and loss", "logits_and_loss"),
 )
 
 

@@ -7,7 +7,8 @@ Transformer Engine layers have the same parameters), built under ``torch.device(
 memory is allocated. Parameters repeated in every layer are printed once with their
 multiplicity; ``Total parameters: N`` gives the exact count. The memory plan that follows
 (`megatron_ngpt.memory`) is per GPU for the config's TP x PP on ``--gpus`` GPUs (default: one
-8-GPU node, as the sbatch scripts run), for each precision regime.
+8-GPU node, as the sbatch scripts run, or as many of its GPUs as split the global batch), for
+each precision regime.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ def summarize(cfg: Config) -> str:
 
 def memory_plan(cfg: Config, world_size: int, gpu_memory_gib: float) -> str:
     """The memory plan table of `cfg` on `world_size` GPUs, one column per precision regime."""
+    vocab = model_vocab_size(cfg, cfg.parallel.tensor_model_parallel_size)
     layout = memory.layout_from_config(cfg, world_size)
-    vocab = model_vocab_size(cfg, layout.tp)
     plans = [memory.plan(cfg, vocab, layout, regime) for regime in memory.REGIMES]
     return memory.format_plan(cfg, layout, plans, gpu_memory_gib)
 
@@ -174,8 +175,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("config", help="YAML config")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     parser.add_argument("--gpus", "--world-size", dest="gpus", type=int, default=None,
-                        help="GPUs of the run (default: one 8-GPU node, or the fewest that "
-                             "hold TP x PP)")
+                        help="GPUs of the run (default: one 8-GPU node, or as many of them as "
+                             "split the global batch)")
     parser.add_argument("--gpu-memory", type=float, default=80.0, metavar="GiB",
                         help="memory of one GPU (default 80)")
     args = parser.parse_args(argv)
