@@ -1,7 +1,7 @@
 """The memory plan (`megatron_ngpt.memory`) against measured memory of real DeepSpeed steps on CPU.
 
     python bench/bench_memory.py [--models ngpt,gpt2] [--precisions bf16,fp32] [--zero 0,1,2,3]
-                                 [--dp 1] [--checkpointing] [--output FILE.md]
+                                 [--dp 1] [--checkpointing] [--compiled-ngpt] [--output FILE.md]
 
 Each case builds the tiny config scaled up (``--hidden``, ``--ffn``, ``--layers``, ``--vocab``,
 ``--seq``, ``--micro-batch``) so that weights, optimizer states and activations are tens to
@@ -12,6 +12,8 @@ step (the first one creates the optimizer states). What torch and DeepSpeed allo
 engine is not counted. The plan is computed with ``fused=False`` (CPU runs the eager nGPT
 normalizations and torch's composite RMSNorm). With ``--dp N`` the cases run on N gloo ranks
 (torchrun) and rank 0 reports its own memory, which checks the partitioning over DP.
+``--compiled-ngpt`` adds one nGPT layer whose normalizations run ``torch.compile``d as on GPU
+(compiling takes a while on CPU), against the plan's GPU layer term (``fused=True``).
 
 Rows per case, formula vs measured (MiB):
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -167,6 +170,33 @@ def formula(case: Case, args: argparse.Namespace, dp: int) -> dict[str, float]:
     }
 
 
+def compiled_ngpt_layer(args: argparse.Namespace) -> list[str]:
+    """One nGPT layer with its normalizations ``torch.compile``d (the GPU forward, forced onto
+    CPU tensors): the plan's ``fused=True`` layer term against what autograd keeps."""
+    from megatron_ngpt.models import fused
+    from megatron_ngpt.models.language_model import TransformerLayerStage, build_transformer_config
+    from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
+
+    fused.CudaCompiled.__call__ = lambda self, *xs, use_compiled=True: (
+        self.compiled if use_compiled else self.eager)(*xs)
+    init_distributed(1, 1, "cpu")
+    lines = []
+    for precision in args.precisions.split(","):
+        cfg = case_config(Case("ngpt", precision, 1, False), args, 1)
+        layout = memory.layout_from_config(cfg, 1)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        layer = TransformerLayerStage(build_transformer_config(cfg.model, args.vocab,
+                                                               params_dtype=dtype), 1).to(dtype)
+        hidden = torch.randn(args.seq, args.micro_batch, args.hidden, dtype=dtype,
+                             requires_grad=True)
+        got = memory.kept_for_backward(functools.partial(layer, hidden), list(layer.parameters()))
+        value = memory.layer_activation_bytes(cfg, layout, precision, fused=True)
+        lines.append(f"| ngpt {precision} one layer, compiled normalizations | kept by forward | "
+                     f"{value / MiB:.1f} | {got / MiB:.1f} | {100 * (value - got) / got:+.1f}% |")
+    shutdown_distributed()
+    return lines
+
+
 def report(case: Case, predicted: dict[str, float], measured: dict[str, float]) -> list[str]:
     lines = []
     for term, value in predicted.items():
@@ -178,7 +208,7 @@ def report(case: Case, predicted: dict[str, float], measured: dict[str, float]) 
 
 def cases(args: argparse.Namespace) -> list[Case]:
     found = [Case(a, p, int(z), False) for a in args.models.split(",")
-             for p in args.precisions.split(",") for z in args.zero.split(",")]
+             for p in args.precisions.split(",") for z in args.zero.split(",") if z]
     if args.checkpointing:
         found += [Case(a, p, 1, True) for a in args.models.split(",")
                   for p in args.precisions.split(",")]
@@ -187,6 +217,9 @@ def cases(args: argparse.Namespace) -> list[Case]:
 
 def worker(args: argparse.Namespace) -> None:
     """One rank of one case (a child process, so that every case starts from a fresh world)."""
+    if args.worker == "compiled":
+        print("\n".join(compiled_ngpt_layer(args)), flush=True)
+        return
     arch, precision, zero, ckpt = args.worker.split(":")
     case = Case(arch, precision, int(zero), ckpt == "1")
     measured = measure(case, args)
@@ -199,10 +232,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="ngpt,gpt2")
     parser.add_argument("--precisions", default="bf16,fp32")
-    parser.add_argument("--zero", default="0,1,2,3", help="ZeRO stages")
+    parser.add_argument("--zero", default="0,1,2,3", help="ZeRO stages ('' for none)")
     parser.add_argument("--checkpointing", action="store_true",
                         help="also ZeRO-1 with activation checkpointing")
     parser.add_argument("--dp", type=int, default=1, help="data-parallel ranks (torchrun)")
+    parser.add_argument("--compiled-ngpt", action="store_true",
+                        help="also one nGPT layer with torch.compile'd normalizations")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--ffn", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=4)
@@ -219,16 +254,21 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     shape = [f"--{name.replace('_', '-')}={getattr(args, name)}"
              for name in ("hidden", "ffn", "layers", "vocab", "seq", "micro_batch")]
-    for case in cases(args):
-        spec = f"{case.arch}:{case.precision}:{case.zero}:{int(case.checkpointing)}"
+    specs = {case.name: f"{case.arch}:{case.precision}:{case.zero}:{int(case.checkpointing)}"
+             for case in cases(args)}
+    if args.compiled_ngpt and "ngpt" in args.models:
+        specs["compiled nGPT layer"] = "compiled"
+    for name, spec in specs.items():
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={args.dp}"] if args.dp > 1 else [sys.executable]
+                    f"--nproc_per_node={args.dp}"] if args.dp > 1 and spec != "compiled" \
+            else [sys.executable]
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run([*launcher, __file__, *shape, "--worker", spec], env=env,
-                              capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run([*launcher, __file__, *shape, f"--precisions={args.precisions}",
+                               "--worker", spec], env=env, capture_output=True, text=True,
+                              cwd=REPO)
         rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
         if proc.returncode or not rows:
-            rows = [f"| {case.name} | failed (exit {proc.returncode}): "
+            rows = [f"| {name} | failed (exit {proc.returncode}): "
                     f"{proc.stderr.strip().splitlines()[-1:]} | | | |"]
         print("\n".join(rows), flush=True)
         lines += rows

@@ -31,7 +31,10 @@ their eager versions, which is what runs on CPU (`fused=False`, the version chec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from megatron_ngpt.config import Config, ConfigError
 
@@ -435,6 +438,23 @@ def activations(cfg: Config, layout: Layout, regime: str, params: StageParams, f
         total += head_activation_bytes(cfg, layout, regime, fused, vocab_size)
         total += logits_transient_bytes(cfg, layout, regime, vocab_size)
     return total + pipe_buffers(cfg, layout, regime, params.stage)
+
+
+def kept_for_backward(run: Callable[[], object], params: list[torch.Tensor]) -> int:
+    """Measured, for checking the activation terms: bytes of the distinct storages autograd
+    saves for backward while `run()` executes, the storages of `params` aside."""
+    weights = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(saved.values())
 
 
 # --- the plan --------------------------------------------------------------------------------

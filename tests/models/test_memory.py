@@ -23,7 +23,7 @@ from tests.models.conftest import CONFIGS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # The formula counts every tensor of a few hundred bytes per token or more; what it leaves out
-# (RoPE's, s_qk's and alpha's per-layer vectors) is under 0.2% here. The whole step against
+# (copies of the nGPT scaling vectors) is under 0.2% here. The whole step against
 # measured memory is within a few percent (bench/bench_memory.py).
 TOLERANCE = 0.02
 
@@ -69,22 +69,6 @@ def _tiny(arch: str, precision: str, *overrides: str) -> Config:
         "training.global_batch_size=2", f"training.precision={precision}", *overrides])
 
 
-def _kept_for_backward(run, params: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves while `run()` executes, parameters aside."""
-    weights = {p.untyped_storage().data_ptr() for p in params}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        run()
-    return sum(saved.values())
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("arch", ["ngpt", "gpt2"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["", "checkpointed"])
@@ -97,7 +81,7 @@ def test_layer_activations_match_a_measured_forward(single_rank, arch: str, prec
     layer = TransformerLayerStage(config, 1).to(DTYPES[precision])
     hidden = torch.randn(layout.seq_length, layout.micro_batch, cfg.model.hidden_size,
                          dtype=DTYPES[precision], requires_grad=True)
-    measured = _kept_for_backward(lambda: layer(hidden), list(layer.parameters()))
+    measured = memory.kept_for_backward(lambda: layer(hidden), list(layer.parameters()))
     if checkpointing:
         predicted = memory.checkpointed_layer_bytes(cfg, layout, precision)
     else:
@@ -116,7 +100,7 @@ def test_head_and_loss_activations_match_a_measured_forward(single_rank, arch: s
     hidden = torch.randn(layout.seq_length, layout.micro_batch, cfg.model.hidden_size,
                          dtype=DTYPES[precision], requires_grad=True)
     labels = torch.randint(0, 1024, (layout.micro_batch, layout.seq_length))
-    measured = _kept_for_backward(lambda: language_model_loss(head(hidden), labels),
+    measured = memory.kept_for_backward(lambda: language_model_loss(head(hidden), labels),
                                   list(head.parameters()))
     predicted = memory.head_activation_bytes(cfg, layout, precision, False, 1024)
     assert predicted == pytest.approx(measured, rel=TOLERANCE)
