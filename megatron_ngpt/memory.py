@@ -315,7 +315,7 @@ def head_dtype_bytes(regime: str) -> int:
     return FP32 if regime in ("fp32", "bf16-params") else BF16
 
 
-def _rms_norm_bytes_per_token(h: int, p: int, fused: bool, normalization: str) -> int:
+def _pre_norm_bytes_per_token(h: int, p: int, fused: bool, normalization: str) -> int:
     """One pre-norm's saved tensors per token, its output (the next matmul's input) included.
 
     torch's RMSNorm on CPU keeps its input in fp32 (a copy for bf16) and the fp32 normalized
@@ -338,15 +338,15 @@ def layer_activation_bytes(cfg: Config, layout: Layout, regime: str, fused: bool
     - both: fused QKV output ``3ph`` (SDPA keeps v, a view of it), SDPA's output ``ph`` (also
       W_o's input) and its fp32 log-sum-exp ``4a``; RoPE's cos/sin tables ``4 s d_head p`` per
       layer.
-    - GPT-2: the two pre-norms (`_rms_norm_bytes_per_token`), the RoPE'd q, k ``2ph``; SwiGLU
+    - GPT-2: the two pre-norms (`_pre_norm_bytes_per_token`), the RoPE'd q, k ``2ph``; SwiGLU
       keeps fc1's ``[gate|up]`` ``2pf``, ``up + 0``, ``silu(gate)`` and their product: ``5pf``.
     - nGPT: the layer input ``ph`` and the MLP input ``ph``; q, k after ``s_qk`` ``2ph`` (SDPA's
       inputs); SwiGLU with ``s_u``, ``s_v``: ``[u|v]`` ``2pf``, scaled u and v, ``silu(v)``, the
       product: ``6pf``. Eager (CPU): each of the 2 q/k and 4 residual normalizations keeps its
       input in fp32 (``4h``, a copy when p = 2) and sum / inverse norm (8 bytes per row), q and k
       also unit before ``s_qk`` (``2ph``), each residual update ``norm(x) - h`` (``ph``).
-      Compiled (GPU, ``compile_ngpt_ops``): only the RoPE'd q, k ``2ph``, the block outputs
-      W_o / W_down ``2ph`` and the norms.
+      Compiled (GPU, ``compile_ngpt_ops``; ``compile_layers`` is taken to save the same): only
+      the RoPE'd q, k ``2ph``, the block outputs W_o / W_down ``2ph`` and the norms.
     """
     m = cfg.model
     h, f, a, p = m.hidden_size, m.ffn_hidden_size // layout.tp, m.num_attention_heads, \
@@ -355,11 +355,11 @@ def layer_activation_bytes(cfg: Config, layout: Layout, regime: str, fused: bool
     attn = h // layout.tp  # q, k, v, attention output widths on this TP rank
     per_token = 3 * p * attn + p * attn + FP32 * heads  # QKV, SDPA output, log-sum-exp
     if m.arch == "gpt2":
-        per_token += 2 * _rms_norm_bytes_per_token(h, p, fused, m.normalization)
+        per_token += 2 * _pre_norm_bytes_per_token(h, p, fused, m.normalization)
         per_token += 2 * p * attn + 5 * p * f
     else:
         per_token += 2 * p * h + 2 * p * attn + 6 * p * f
-        if fused and m.compile_ngpt_ops:
+        if fused and (m.compile_ngpt_ops or m.compile_layers):
             per_token += 2 * p * attn + 2 * FP32 * heads  # q, k with their norms
             per_token += 2 * (p * h + 2 * FP32)  # W_o / W_down output with its two norms
         else:
@@ -387,7 +387,7 @@ def head_activation_bytes(cfg: Config, layout: Layout, regime: str, fused: bool,
     v = -(-vocab_size // layout.tp)
     per_token = q * m.hidden_size + FP32 * v + 9
     if m.arch == "gpt2":
-        per_token += _rms_norm_bytes_per_token(m.hidden_size, p, fused, m.normalization) \
+        per_token += _pre_norm_bytes_per_token(m.hidden_size, p, fused, m.normalization) \
             - p * m.hidden_size  # the norm's output is the copy's input, not kept
         return per_token * layout.tokens
     scaled_head = q * v * m.hidden_size + (FP32 * v * m.hidden_size if q < FP32 else 0) + FP32 * v
