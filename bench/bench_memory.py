@@ -155,15 +155,10 @@ def formula(case: Case, args: argparse.Namespace, dp: int) -> dict[str, float]:
     p = memory.plan(cfg, args.vocab, layout, case.precision, fused=False)
     acts = p.activations_checkpointed if case.checkpointing else p.activations
     logits = memory.logits_transient_bytes(cfg, layout, case.precision, args.vocab)
-    bucket_phase = acts - p.logits_and_loss + p.reduce_bucket \
-        if p.wrapper == memory.ZERO_1_2 else 0.0
-    kept = acts - logits
-    if case.checkpointing:  # the recomputed layer exists only in backward
-        kept -= memory.layer_activation_bytes(cfg, layout, case.precision, fused=False)
     return {
         "resident": p.resident,
-        "kept by forward": kept,
-        "forward/backward peak": max(acts, bucket_phase) + p.zero3_gathered,
+        "kept by forward": acts - logits,
+        "forward/backward peak": p.forward_backward(case.checkpointing),
         "gradients after backward": p.backward_gradients,
         "step temporaries": p.step_temporaries,
         "peak": p.peak(case.checkpointing),

@@ -18,7 +18,8 @@ Which DeepSpeed optimizer wrapper runs decides the buffers (`optimizer_wrapper` 
 memory peaks in one of three phases, and the plan takes the largest:
 
 - forward/backward: resident state + activations and logits, or, once the logits are gone,
-  the remaining activations + ZeRO-1/2's reduce bucket;
+  the remaining activations + ZeRO-1/2's reduce bucket (+ the layer being recomputed, with
+  activation checkpointing);
 - end of backward: resident state + the gradients + the all-reduce's flattened copy;
 - optimizer step: resident state + the gradients + the step's gradient copies and temporaries.
 
@@ -296,12 +297,12 @@ def step_temporaries(params: StageParams, regime: str, layout: Layout) -> float:
 def zero3_gathered(params: StageParams, regime: str, layout: Layout) -> float:
     """ZeRO-3 gathers whole parameters for compute: the current layer (or the LM head) plus a
     prefetch of ``stage3_prefetch_bucket_size`` elements, at most the whole stage, in the model
-    dtype (approximate)."""
+    dtype; the rank's own 1/DP of them is already resident (approximate)."""
     if layout.zero_stage != 3:
         return 0.0
     per_element = weight_bytes_full(params, regime) / params.total
     gathered = max(params.layer_params, params.largest_tensor) + PREFETCH_BUCKET_ELEMENTS
-    return per_element * min(gathered, params.total)
+    return per_element * min(gathered, params.total) * (1 - 1 / layout.dp)
 
 
 # --- activations -----------------------------------------------------------------------------
@@ -426,14 +427,14 @@ def pipe_buffers(cfg: Config, layout: Layout, regime: str, stage: int) -> float:
 
 def activations(cfg: Config, layout: Layout, regime: str, params: StageParams, fused: bool,
                 vocab_size: int, checkpointing: bool) -> float:
-    """Everything the forward/backward phase adds on one stage: the layers' saved tensors for
-    every micro-batch in flight (with checkpointing: their inputs, plus one layer recomputed),
-    the output stage's, the transient logits, and the pipeline's buffers."""
-    per_layer = layer_activation_bytes(cfg, layout, regime, fused)
-    kept = checkpointed_layer_bytes(cfg, layout, regime) if checkpointing else per_layer
+    """What the forward pass adds on one stage: the layers' saved tensors for every micro-batch
+    in flight (with checkpointing: their inputs), the output stage's, the transient logits, and
+    the pipeline's buffers."""
+    if checkpointing:
+        kept = checkpointed_layer_bytes(cfg, layout, regime)
+    else:
+        kept = layer_activation_bytes(cfg, layout, regime, fused)
     total = micro_batches_in_flight(layout, params.stage) * params.layers * kept
-    if checkpointing and params.layers:
-        total += per_layer
     if params.stage == layout.pp - 1:
         total += head_activation_bytes(cfg, layout, regime, fused, vocab_size)
         total += logits_transient_bytes(cfg, layout, regime, vocab_size)
@@ -477,6 +478,7 @@ class MemoryPlan:
     zero3_gathered: float
     activations: float
     activations_checkpointed: float
+    recomputed_layer: float
     logits_and_loss: float
 
     @property
@@ -486,12 +488,19 @@ class MemoryPlan:
         return (self.weights + self.master_weights + self.optimizer_states
                 + self.resident_gradients + bucket)
 
+    def forward_backward(self, checkpointing: bool = False) -> float:
+        """Above the resident memory: the end of forward (activations and logits), or backward
+        once the logits and the loss are gone: ZeRO-1/2's reduce bucket appears with the first
+        gradient, and with checkpointing each layer is recomputed in turn."""
+        acts = self.activations_checkpointed if checkpointing else self.activations
+        later = self.reduce_bucket if self.wrapper == ZERO_1_2 else 0.0
+        if checkpointing:
+            later += self.recomputed_layer
+        return max(acts, acts - self.logits_and_loss + later) + self.zero3_gathered
+
     def peak(self, checkpointing: bool = False) -> float:
         """The largest of the three phases (forward/backward, end of backward, step)."""
-        acts = self.activations_checkpointed if checkpointing else self.activations
-        with_bucket = acts - self.logits_and_loss + self.reduce_bucket \
-            if self.wrapper == ZERO_1_2 else 0.0
-        forward_backward = self.resident + max(acts, with_bucket) + self.zero3_gathered
+        forward_backward = self.resident + self.forward_backward(checkpointing)
         end_of_backward = self.resident + self.backward_gradients + self.reduce_copy
         step = self.resident + self.backward_gradients + self.step_temporaries
         return max(forward_backward, end_of_backward, step)
@@ -511,6 +520,8 @@ def plan_stage(cfg: Config, vocab_size: int, layout: Layout, regime: str, stage:
         activations=activations(cfg, layout, regime, params, fused, vocab_size, False),
         activations_checkpointed=activations(cfg, layout, regime, params, fused, vocab_size,
                                              True),
+        recomputed_layer=layer_activation_bytes(cfg, layout, regime, fused) if params.layers
+        else 0.0,
         logits_and_loss=logits_and_loss_bytes(cfg, layout, regime, vocab_size, stage),
     )
 
@@ -535,8 +546,9 @@ ROWS = (
     ("optimizer step temporaries", "step_temporaries"),
     ("ZeRO-3 gathered parameters", "zero3_gathered"),
     ("activations + logits, per micro-batch", "activations"),
-    ("  with activation checkpointing", "activations_checkpointed"),
     ("  of which logits and loss", "logits_and_loss"),
+    ("  with activation checkpointing", "activations_checkpointed"),
+    ("  + one layer recomputed in backward", "recomputed_layer"),
 )
 
 
