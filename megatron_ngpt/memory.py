@@ -266,14 +266,19 @@ def reduce_bucket(params: StageParams, regime: str, layout: Layout) -> float:
 
 
 def reduce_copy(params: StageParams, regime: str, layout: Layout) -> float:
-    """The data-parallel all-reduce of unpartitioned gradients flattens each bucket of up to
-    500M elements into a new tensor (engine ``allreduce_bucket``): at most one bucket's copy, at
-    the end of backward. ZeRO-1/2/3 reduce through their bucket instead."""
+    """The engine's data-parallel all-reduce of unpartitioned gradients (``allreduce_bucket``)
+    packs gradients into buckets until one exceeds 500M elements and flattens every bucket of
+    two or more tensors into a new one: a copy of at most one bucket, at the end of backward.
+    The BF16 optimizer hands over one flat buffer per parameter group, copied only when all
+    groups fit one bucket. ZeRO-1/2/3 reduce through their own bucket instead."""
     wrapper = optimizer_wrapper(regime, layout)
     if wrapper in (ZERO_1_2, ZERO_3):
         return 0.0
-    accumulated = resident_gradients(params, regime, layout) or _grad_bytes(params, regime)
-    return accumulated * min(1.0, ALLREDUCE_BUCKET_ELEMENTS / params.total)
+    if wrapper == BF16_OPTIMIZER:
+        copied = params.total if params.total <= ALLREDUCE_BUCKET_ELEMENTS else 0
+        return resident_gradients(params, regime, layout) / params.total * copied
+    copied = min(params.total, ALLREDUCE_BUCKET_ELEMENTS + params.largest_tensor)
+    return _grad_bytes(params, regime) / params.total * copied
 
 
 def step_temporaries(params: StageParams, regime: str, layout: Layout) -> float:
