@@ -19,7 +19,8 @@ Rows per case, formula vs measured (MiB):
 
 - resident: the live memory when the second step starts (weights, masters, Adam moments,
   resident gradient buffers);
-- kept by forward: what the forward pass leaves for backward (layers, head, fp32 softmax);
+- kept by forward: what the forward pass leaves for backward (layers, head, fp32 softmax; and
+  ZeRO-3's gathered parameters);
 - forward/backward peak: the highest point of forward + backward above the resident memory
   (activations, transient logits, ZeRO's reduce bucket);
 - gradients after backward, step temporaries (highest point of the step above its start);
@@ -157,7 +158,7 @@ def formula(case: Case, args: argparse.Namespace, dp: int) -> dict[str, float]:
     logits = memory.logits_transient_bytes(cfg, layout, case.precision, args.vocab)
     return {
         "resident": p.resident,
-        "kept by forward": acts - logits,
+        "kept by forward": acts - logits + p.zero3_gathered,
         "forward/backward peak": p.forward_backward(case.checkpointing),
         "gradients after backward": p.backward_gradients,
         "step temporaries": p.step_temporaries,

@@ -45,9 +45,10 @@ BF16 = 2
 GiB = 2**30
 
 # DeepSpeed defaults this project does not override (zero_optimization.reduce_bucket_size,
-# stage3_prefetch_bucket_size; the engine's non-ZeRO all-reduce bucket, MEMORY_OPT_ALLREDUCE_SIZE).
+# stage3_max_live_parameters / stage3_max_reuse_distance; the engine's non-ZeRO all-reduce bucket,
+# MEMORY_OPT_ALLREDUCE_SIZE).
 REDUCE_BUCKET_ELEMENTS = 500_000_000
-PREFETCH_BUCKET_ELEMENTS = 50_000_000
+MAX_LIVE_PARAMETERS = 1_000_000_000
 ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
 # CUDA context, NCCL buffers and allocator fragmentation: an allowance, not derived.
 RUNTIME_RESERVE_BYTES = 2 * GiB
@@ -90,7 +91,6 @@ class StageParams:
     tables: int  # input embedding (first stage) and LM head (last stage) rows of this TP shard
     vectors: int  # nGPT scaling vectors, norm weights
     largest_tensor: int  # the largest single parameter (per-parameter optimizers' temporaries)
-    layer_params: int  # one layer's elements (this TP shard): ZeRO-3 gathers whole layers
 
     @property
     def total(self) -> int:
@@ -149,7 +149,7 @@ def stage_params(cfg: Config, vocab_size: int, tp: int, pp: int, stage: int) -> 
         head_vectors = v if m.arch == "ngpt" else _norm_params(cfg)  # s_z, or the final norm
     largest = max(v * h if tables else 0, 2 * f * h // tp)
     return StageParams(stage, layers, layers * matrices, tables,
-                       layers * vectors + head_vectors, largest, matrices + vectors)
+                       layers * vectors + head_vectors, largest)
 
 
 def weight_bytes_full(params: StageParams, regime: str) -> int:
@@ -300,14 +300,15 @@ def step_temporaries(params: StageParams, regime: str, layout: Layout) -> float:
 
 
 def zero3_gathered(params: StageParams, regime: str, layout: Layout) -> float:
-    """ZeRO-3 gathers whole parameters for compute: the current layer (or the LM head) plus a
-    prefetch of ``stage3_prefetch_bucket_size`` elements, at most the whole stage, in the model
-    dtype; the rank's own 1/DP of them is already resident (approximate)."""
-    if layout.zero_stage != 3:
+    """ZeRO-3 gathers every parameter whole into a buffer of its own for compute, and with
+    DeepSpeed's defaults (``stage3_max_live_parameters`` and ``stage3_max_reuse_distance``,
+    1e9 elements) keeps up to 1e9 gathered elements alive through forward and backward: the
+    whole stage at these model sizes. On one rank the partition is the parameter: nothing to
+    gather."""
+    if layout.zero_stage != 3 or layout.dp == 1:
         return 0.0
     per_element = weight_bytes_full(params, regime) / params.total
-    gathered = max(params.layer_params, params.largest_tensor) + PREFETCH_BUCKET_ELEMENTS
-    return per_element * min(gathered, params.total) * (1 - 1 / layout.dp)
+    return per_element * min(params.total, MAX_LIVE_PARAMETERS)
 
 
 # --- activations -----------------------------------------------------------------------------
