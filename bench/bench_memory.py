@@ -112,7 +112,7 @@ def phase(name: str, step: int):
 
 def measure(case: Case, args: argparse.Namespace) -> dict[str, float]:
     """Run the case's two steps under the profiler; the second step's figures, in bytes."""
-    from megatron_ngpt.models.language_model import build_transformer_config
+    from megatron_ngpt.models.transformer_config import build_transformer_config
     from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
     from megatron_ngpt.training.engine import build_engine
 
@@ -170,7 +170,8 @@ def compiled_ngpt_layer(args: argparse.Namespace) -> list[str]:
     """One nGPT layer with its normalizations ``torch.compile``d (the GPU forward, forced onto
     CPU tensors): the plan's ``fused=True`` layer term against what autograd keeps."""
     from megatron_ngpt.models import fused
-    from megatron_ngpt.models.language_model import TransformerLayerStage, build_transformer_config
+    from megatron_ngpt.models.language_model import TransformerLayerStage
+    from megatron_ngpt.models.transformer_config import build_transformer_config
     from megatron_ngpt.parallel.state import init_distributed, shutdown_distributed
 
     fused.CudaCompiled.__call__ = lambda self, *xs, use_compiled=True: (

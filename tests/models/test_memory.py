@@ -16,9 +16,9 @@ from megatron_ngpt.models.language_model import (
     LanguageModel,
     OutputStage,
     TransformerLayerStage,
-    build_transformer_config,
     language_model_loss,
 )
+from megatron_ngpt.models.transformer_config import build_transformer_config
 from tests.distributed import REPO
 
 CONFIGS = REPO / "configs"
