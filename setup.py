@@ -27,6 +27,7 @@ setup(
     extras_require={
         "eval": ["lm-eval", "transformers", "safetensors", "accelerate", "datasets"],
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib"],
+        # triton: the nGPT kernels' CPU tests run them in Triton's interpreter.
+        "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib", "triton"],
     },
 )

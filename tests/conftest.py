@@ -1,16 +1,25 @@
 """Fixtures shared by every suite: the small real corpus, tokenizer and dataset of `tests/data`,
-a one-rank process group, and the package's command-line tools as modules."""
+a one-rank process group, and the package's command-line tools as modules.
+
+Without CUDA, Triton kernels can run only in Triton's interpreter, which must be chosen before
+Triton is imported (tests/gpu/test_triton_ops.py runs the kernels on CPU through it).
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import pytest
+import torch
 
-from megatron_ngpt.parallel.state import ParallelDims
-from tests.data.conftest import (  # noqa: F401
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from megatron_ngpt.parallel.state import ParallelDims  # noqa: E402
+from tests.data.conftest import (  # noqa: E402, F401
     data_dir,
     sp_tokenizer,
     sp_tokenizer_path,

@@ -61,7 +61,7 @@ class NGPTCoreAttention(SDPACoreAttention):
         self.s_qk = qk_scaling_vector(config)
 
     def prepare_query_key(self, query, key):
-        return normalize_qk(query, key, self.s_qk(), use_compiled=compile_ngpt_ops(self.config))
+        return normalize_qk(query, key, self.s_qk(), fused=compile_ngpt_ops(self.config))
 
 
 def qk_scaling_vector(config: TransformerConfig) -> ScalingVector:
@@ -75,5 +75,6 @@ def qk_scaling_vector(config: TransformerConfig) -> ScalingVector:
 
 
 def compile_ngpt_ops(config: TransformerConfig) -> bool:
-    """Whether nGPT's normalizations run `torch.compile`d on GPU (see `fused.py`)."""
+    """Whether nGPT's normalizations run fused on GPU: Triton kernels or `torch.compile`
+    (`model.compile_ngpt_ops`; see `fused.py`)."""
     return getattr(config, "compile_ngpt_ops", False)

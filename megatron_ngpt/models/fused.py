@@ -1,12 +1,23 @@
-"""nGPT's per-layer elementwise work, fused by `torch.compile` on GPU.
+"""nGPT's per-layer elementwise work, and which implementation runs it.
 
 Beyond GPT-2, every nGPT layer normalizes q and k per head and makes two spherical residual
 updates ``norm(h + |alpha| * (norm(x) - h))``. They cost almost no FLOPs, but in eager mode each is
 a chain of memory-bound kernels (square, sum, rsqrt, scale, subtract, ...) and the backward pass
-doubles it. `torch.compile` fuses each chain into a few kernels.
+doubles it.
 
-The eager functions below are the definition; their compiled versions are used only for CUDA
-tensors (compiling on CPU costs more than it saves) and give the same numbers up to rounding.
+The eager functions below are the definition. With fusion asked for (`model.compile_ngpt_ops`)
+and CUDA tensors, an op runs as:
+
+- inside a compiled layer (`model.compile_layers`): the eager definition, traced into the layer's
+  graph, where inductor fuses it with the neighbouring elementwise work (RoPE, the QKV split and
+  the q/k normalization become one kernel). A Triton kernel there would be an opaque call that
+  cuts those fusions; `triton_ops` registers its kernels as custom ops, so a graph *can* call
+  them, and `bench/bench_ngpt_ops.py` times both choices on a GPU;
+- otherwise: the hand-written Triton kernel (`triton_ops`: one kernel per direction, no compile
+  time, no recompilation on new shapes) where Triton is installed and the case is supported;
+- otherwise: the eager definition under `torch.compile`, compiled on first use.
+
+CPU tensors always run the eager definition. Every path gives the eager numbers up to rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +26,8 @@ import functools
 from collections.abc import Callable
 
 import torch
+
+from megatron_ngpt.models import triton_ops
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -36,27 +49,48 @@ def _normalize_qk(
     return l2_normalize(query) * scale, l2_normalize(key) * scale
 
 
-class CudaCompiled:
-    """`fn` run eagerly, or compiled (on first use) when asked and the first input is on CUDA.
+def _triton_normalize_qk(
+    query: torch.Tensor, key: torch.Tensor, s_qk: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_ops.normalize_heads(query, s_qk), triton_ops.normalize_heads(key, s_qk)
 
-    Shapes are static (`dynamic=False`): a training run sees one shape per function, and static
-    kernels are the fastest; a new shape costs one recompilation.
+
+def _normalize_qk_supported(query: torch.Tensor, key: torch.Tensor, s_qk: torch.Tensor) -> bool:
+    return (triton_ops.supports_normalize_heads(query, s_qk)
+            and triton_ops.supports_normalize_heads(key, s_qk))
+
+
+class FusedOp:
+    """An nGPT op with its eager definition, a Triton kernel and a `torch.compile`d fallback.
+
+    `triton` is None where no kernel exists; `supports(*args)` says whether it handles a call.
+    The compiled fallback uses static shapes (`dynamic=False`): a training run sees one shape
+    per function, and static kernels are the fastest; a new shape costs one recompilation.
     """
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, triton: Callable | None = None,
+                 supports: Callable[..., bool] | None = None) -> None:
         self.eager = fn
+        self.triton = triton if triton_ops.HAS_TRITON else None
+        self.supports = supports or (lambda *args: False)
         functools.update_wrapper(self, fn)
 
     @functools.cached_property
     def compiled(self) -> Callable:
         return torch.compile(self.eager, dynamic=False)
 
-    def __call__(self, *args: torch.Tensor, use_compiled: bool = True):
-        # Inside a compiled layer (`model.compile_layers`) the eager definition is traced into the
-        # layer's graph and fused there with its neighbours.
-        compiled = use_compiled and args[0].is_cuda and not torch.compiler.is_compiling()
-        return (self.compiled if compiled else self.eager)(*args)
+    def implementation(self, *args: torch.Tensor, fused: bool = True) -> Callable:
+        """The function that runs these arguments (see the module docstring for the order)."""
+        if not fused or not args[0].is_cuda or torch.compiler.is_compiling():
+            return self.eager
+        if self.triton is not None and self.supports(*args):
+            return self.triton
+        return self.compiled
+
+    def __call__(self, *args: torch.Tensor, fused: bool = True):
+        return self.implementation(*args, fused=fused)(*args)
 
 
-residual_update = CudaCompiled(_residual_update)
-normalize_qk = CudaCompiled(_normalize_qk)
+residual_update = FusedOp(_residual_update, triton_ops.residual_update,
+                          triton_ops.supports_residual_update)
+normalize_qk = FusedOp(_normalize_qk, _triton_normalize_qk, _normalize_qk_supported)

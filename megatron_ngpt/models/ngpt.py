@@ -55,8 +55,7 @@ class NGPTResidualUpdate(MegatronModule):
         x, bias = x_with_bias
         if bias is not None:
             x = x + bias
-        compiled = compile_ngpt_ops(self.config)
-        return residual_update(residual, x, self.alpha(), use_compiled=compiled)
+        return residual_update(residual, x, self.alpha(), fused=compile_ngpt_ops(self.config))
 
 
 class NGPTMLP(MLP):

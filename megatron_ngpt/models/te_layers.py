@@ -43,8 +43,7 @@ class NGPTTEDotProductAttention(TEDotProductAttention):
         self.s_qk = qk_scaling_vector(config)
 
     def forward(self, query, key, value, *args, **kwargs):
-        compiled = compile_ngpt_ops(self.config)
-        query, key = normalize_qk(query, key, self.s_qk(), use_compiled=compiled)
+        query, key = normalize_qk(query, key, self.s_qk(), fused=compile_ngpt_ops(self.config))
         return super().forward(query, key, value, *args, **kwargs)
 
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):

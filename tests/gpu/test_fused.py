@@ -1,4 +1,5 @@
-"""The compiled nGPT ops give the numbers of their eager definitions (compiled here on CPU)."""
+"""nGPT's fused ops: the eager definitions are the math, the compiled versions give their numbers
+(compiled here on CPU), and each call picks the implementation the module docstring names."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_ngpt.models.fused import l2_normalize, normalize_qk, residual_update
+from megatron_ngpt.models import triton_ops
+from megatron_ngpt.models.fused import FusedOp, l2_normalize, normalize_qk, residual_update
 
 
 def _inputs(dtype: torch.dtype) -> dict[str, list[torch.Tensor]]:
@@ -61,9 +63,44 @@ def test_compiled_equals_eager(name, dtype, tol):
 
 def test_cpu_tensors_run_eagerly(monkeypatch):
     def must_not_run(*args):
-        raise AssertionError("compiled op used for CPU tensors")
+        raise AssertionError("fused op used for CPU tensors")
 
     monkeypatch.setitem(residual_update.__dict__, "compiled", must_not_run)
+    monkeypatch.setattr(residual_update, "triton", must_not_run)
     h, x, alpha = _inputs(torch.float32)["residual_update"]
-    assert torch.equal(residual_update(h, x, alpha, use_compiled=True),
+    assert torch.equal(residual_update(h, x, alpha, fused=True),
                        residual_update.eager(h, x, alpha))
+
+
+class _CudaStandIn:
+    """What the selection reads from its first argument (no CUDA tensor exists on CPU)."""
+
+    is_cuda = True
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_selection_order_on_cuda(monkeypatch, name):
+    """Outside compiled graphs: the Triton kernel where it applies, else torch.compile; inside a
+    compiled layer, the eager definition (traced and fused by inductor); unfused: eager."""
+    op = FusedOp(OPS[name].eager, triton=lambda *a: None, supports=lambda *a: True)
+    monkeypatch.setitem(op.__dict__, "compiled", lambda *a: None)
+    cuda = _CudaStandIn()
+    if op.triton is not None:  # Triton installed
+        assert op.implementation(cuda) is op.triton
+    monkeypatch.setattr(op, "supports", lambda *a: False)
+    assert op.implementation(cuda) is op.compiled
+    assert op.implementation(cuda, fused=False) is op.eager
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert op.implementation(cuda) is op.eager
+
+
+def test_triton_kernels_are_wired_to_both_ops():
+    if not triton_ops.HAS_TRITON:
+        pytest.skip("Triton is not installed")
+    assert residual_update.triton is triton_ops.residual_update
+    h, x, alpha = _inputs(torch.float32)["residual_update"]
+    assert residual_update.supports(h, x, alpha)
+    assert not residual_update.supports(h.double(), x.double(), alpha)  # float64: eager only
+    q, k, s_qk = _inputs(torch.float32)["normalize_qk"]
+    assert normalize_qk.supports(q, k, s_qk)
+    assert not normalize_qk.supports(q, k[:, :, :2], s_qk)  # grouped k heads: eager only
