@@ -22,6 +22,7 @@ setup(
         "pyyaml",
         "tqdm",
         "wandb",
+        "xxhash",
         "zstandard",
     ],
     extras_require={

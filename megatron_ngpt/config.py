@@ -43,7 +43,8 @@ class ModelConfig:
     # nGPT only: NVIDIA's reference code also scales u by sqrt(d); the paper scales only v.
     ngpt_scale_u_by_sqrt_d: bool = False
     transformer_impl: str = "local"  # "local" or "transformer_engine"
-    compile_ngpt_ops: bool = True  # nGPT: torch.compile its normalizations (CUDA only)
+    # nGPT: fused normalizations on CUDA (Triton kernels, else torch.compile; models/fused.py)
+    compile_ngpt_ops: bool = True
     compile_layers: bool = False  # torch.compile every transformer layer (for GPUs)
 
     @property
@@ -127,7 +128,8 @@ class LoggingConfig:
     wandb: bool = False
     wandb_project: str = "megatron-ngpt"
     wandb_run_name: str = ""
-    peak_tflops: float = 989.0  # per-device dense bf16 peak used for MFU (H100 SXM)
+    # Per-device dense bf16 peak for MFU; 0: from the GPU's name (megatron_ngpt/hardware.py).
+    peak_tflops: float = 989.0
     progress_bar: bool = True
 
 

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_ngpt.config import Config
+from megatron_ngpt.hardware import peak_bf16_tflops
 from megatron_ngpt.log import get_logger
 
 
@@ -106,6 +107,18 @@ class MetricsLogger:
             self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def device_peak_tflops(configured: float, device: torch.device) -> float:
+    """`logging.peak_tflops`, or for 0 the dense bf16 peak of this GPU (0 where unknown: no MFU)."""
+    if configured or device.type != "cuda":
+        return configured
+    name = torch.cuda.get_device_name(device)
+    peak = peak_bf16_tflops(name)
+    if peak is None:
+        get_logger().warning("logging.peak_tflops=0 but %s is not in megatron_ngpt/hardware.py: "
+                             "no MFU (set logging.peak_tflops)", name)
+    return peak or 0.0
 
 
 class Throughput:

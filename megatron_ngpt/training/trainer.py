@@ -46,7 +46,13 @@ from megatron_ngpt.training.checkpoint import (
     read_checkpoint_config,
 )
 from megatron_ngpt.training.engine import Engine, build_engine
-from megatron_ngpt.training.metrics import MetricsLogger, Throughput, flops_per_token, memory_gb
+from megatron_ngpt.training.metrics import (
+    MetricsLogger,
+    Throughput,
+    device_peak_tflops,
+    flops_per_token,
+    memory_gb,
+)
 from megatron_ngpt.training.run_lock import RunDirectoryBusy, RunLock
 from megatron_ngpt.training.schedule import RunPlan, set_lr
 
@@ -341,7 +347,9 @@ class Trainer:
             metrics.write({"event": "resumed", "step": self.state.step,
                            "tokens": self.state.tokens,
                            "checkpoint": str(self.resumed_from.directory)})
-        throughput = Throughput(self.flops_per_token, lg.peak_tflops, self.dims.world_size)
+        throughput = Throughput(self.flops_per_token,
+                                device_peak_tflops(lg.peak_tflops, self.dims.device),
+                                self.dims.world_size)
         loader = self._loader(self.train_set, self.state.consumed_samples)
         pipe_iter = self._pipeline_iter(loader) if self.eng.is_pipeline else None
         engine, opt = self.eng.engine, self.cfg.optimizer

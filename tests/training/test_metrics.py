@@ -6,8 +6,9 @@ import json
 import math
 
 import pytest
+import torch
 
-from megatron_ngpt.training.metrics import json_safe
+from megatron_ngpt.training.metrics import device_peak_tflops, json_safe
 from tests.training.trainer_runs import losses, train_one_process
 
 
@@ -39,3 +40,12 @@ def test_wandb_offline_run_writes_its_files(tmp_path, tiny_dataset_prefix, sp_to
     for value in losses(run_dir).values():
         assert json.dumps(value).encode() in history, value
     assert b"hidden_size" in history and b"offline-test" in history
+
+
+def test_peak_for_mfu_is_the_configured_one_or_the_gpus(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert device_peak_tflops(312.0, cuda) == 312.0 and device_peak_tflops(0.0, cpu) == 0.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H100 PCIe")
+    assert device_peak_tflops(0.0, cuda) == 756.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Some Future GPU")
+    assert device_peak_tflops(0.0, cuda) == 0.0  # unknown: no MFU rather than a wrong one
