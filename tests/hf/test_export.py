@@ -141,8 +141,19 @@ def test_occupied_output_folder_needs_overwrite(exported, sp_model, tmp_path):
     with pytest.raises(ExportError, match="not empty.*overwrite"):
         export_to_hf(config, state, sp_model, out, "fp32")
     assert (out / "old.txt").is_file()
-    export_to_hf(config, state, sp_model, out, "fp32", overwrite=True)
-    assert not (out / "old.txt").exists() and (out / "config.json").is_file()
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_to_hf(config, state, sp_model, out, "fp32", overwrite=True)
+    assert (out / "old.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_an_earlier_export(exported, sp_model, tmp_path):
+    model, _ = exported("gpt2")
+    config, state = hf_config("gpt2", sp_model), model.state_dict()
+    out = export_to_hf(config, state, sp_model, tmp_path / "out", "fp32")
+    (out / "stale.txt").write_text("from the earlier export")
+    export_to_hf(config, state, sp_model, out, "bf16", overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
 
 
 def test_bad_state_dict_leaves_nothing_behind(exported, sp_model, tmp_path):

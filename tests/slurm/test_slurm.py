@@ -146,7 +146,7 @@ def test_batch_job_trains_to_completion(submit: Callable[[str], Job]) -> None:
     final = job.wait()
     output = job.output()
     assert final["JobState"] == "COMPLETED", output[-6000:]
-    assert "2 tasks" in output and "DP=2" in output, output[-6000:]
+    assert "2 task(s)" in output and "DP=2" in output, output[-6000:]
     assert job.logged_steps() == [1, 2, 3, 4, 5, 6]
     assert _latest_checkpoint_step(job.run_dir) == 6
 
