@@ -123,8 +123,8 @@ def sample_counts(cfg: Config, state: TrainState, plan: RunPlan) -> tuple[int, i
     if wanted and wanted < train:
         raise ConfigError(f"data.train_dataset_samples: {wanted} is fewer than the {train} "
                           "samples this run trains on")
-    return max(train, wanted), t.eval_iters * t.global_batch_size, \
-        t.eval_iters * t.global_batch_size
+    evaluated = t.eval_iters * t.global_batch_size
+    return max(train, wanted), evaluated, evaluated
 
 
 def _agree(dims: ParallelDims, *flags: bool) -> list[bool]:
@@ -153,21 +153,23 @@ def _load_source(t: TrainingConfig) -> Found:
 
 def _locate_checkpoint(cfg: Config, dims: ParallelDims, run_dir: Path) -> Found | None:
     """Rank 0 checks the checkpoint to resume from (reading every file once) and tells the
-    others: the run directory's own newest one, or else `training.load`'s. A run directory with
-    checkpoints but none usable is an error unless `training.ignore_checkpoints` says to start
-    over."""
+    others: the run directory's own newest one (rolling or kept), or else `training.load`'s. A
+    run directory with checkpoints but none usable is an error unless
+    `training.ignore_checkpoints` says to start over."""
     t = cfg.training
     decision: list[Any] = [None]
     if dims.rank == 0:
         try:
             if t.ignore_checkpoints:
                 found = None
-            elif has_checkpoints(run_dir):
-                found = find_checkpoint(run_dir)
-                if found is None:
+            elif has_checkpoints(run_dir) or has_checkpoints(run_dir / KEPT_DIR):
+                usable = [f for f in (find_checkpoint(run_dir),
+                                      find_checkpoint(run_dir / KEPT_DIR)) if f is not None]
+                if not usable:
                     raise ConfigError(f"training.save: {run_dir} has checkpoints but none is "
                                       "usable (see the warnings above); set training."
                                       "ignore_checkpoints=true to start from scratch")
+                found = max(usable, key=lambda f: f.step)
             else:
                 found = _load_source(t) if t.load else None
             decision = [found]
@@ -190,9 +192,8 @@ class Trainer:
         self.run_dir = run_dir
         self.state = TrainState()
         self.checkpointer = Checkpointer(run_dir, cfg.training.keep_last)
-        keep_steps = set(cfg.training.keep_steps)
-        self.keep_steps = keep_steps  # saved by `kept`, which never prunes them
-        self.kept = Checkpointer(run_dir / KEPT_DIR, max(1, len(keep_steps)))
+        self.keep_steps = set(cfg.training.keep_steps)  # saved by `kept`, which never prunes
+        self.kept = Checkpointer(run_dir / KEPT_DIR, max(1, len(self.keep_steps)))
         self.flops_per_token = flops_per_token
         self.lock = lock
         self.resumed_from: Found | None = None
@@ -243,8 +244,7 @@ class Trainer:
             torch.bfloat16 if t.precision == "bf16" else torch.float32,
             p.activation_checkpointing, init_seed=t.seed)
         engine = build_engine(cfg, build_model(model_config, dims), dims)
-        datasets = build_datasets(cfg.data, tokenizer, cfg.data.seq_length,
-                                  counts, t.seed,
+        datasets = build_datasets(cfg.data, tokenizer, cfg.data.seq_length, counts, t.seed,
                                   cfg.data.cache_dir or str(run_dir / "data_cache"))
         trainer = cls(cfg, dims, engine, datasets, plan, run_dir,
                       flops_per_token(cfg, cfg.model.vocab_size), lock)

@@ -3,6 +3,7 @@ run's data order with its own (WSD) schedule; the kept checkpoint survives pruni
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,18 @@ def test_branch_resumes_itself_once_it_has_checkpoints(
            "training.exit_interval=4")
     _train(single_rank, branch, tiny_dataset_prefix, sp_tokenizer_path, *settings)
     assert after_resume(branch)[0] == 4  # its own checkpoint, not the stable run's step 3
+
+
+def test_run_resumes_from_a_kept_checkpoint_newer_than_its_rolling_ones(
+        single_rank, stable, tmp_path, tiny_dataset_prefix, sp_tokenizer_path):
+    run_dir = tmp_path / "stable"
+    shutil.copytree(stable, run_dir)
+    shutil.rmtree(run_dir / "checkpoints")  # as if it had crashed before its first rolling save
+    _train(single_rank, run_dir, tiny_dataset_prefix, sp_tokenizer_path,
+           f"training.train_tokens={4 * STEP_TOKENS}", "optimizer.lr_decay_style=constant",
+           f"data.train_dataset_samples={PLANNED_SAMPLES}")
+    start, resumed = after_resume(run_dir)
+    assert start == 3 and resumed[4] == pytest.approx(losses(stable)[4], rel=1e-6)
 
 
 def test_missing_branch_point_names_the_steps(single_rank, stable, tmp_path,
