@@ -13,7 +13,7 @@ from megatron_ngpt.config import ConfigError
 from megatron_ngpt.training.checkpoint import complete_steps
 from megatron_ngpt.training.trainer import KEPT_DIR, Trainer
 from tests.tiny import TINY_RUN
-from tests.training.trainer_runs import after_resume, losses
+from tests.training.trainer_runs import after_resume, losses, train
 
 STEP_TOKENS = 8 * 32  # TINY_RUN: global batch 8 x sequence 32
 # The stable run is planned for 2000 steps (16000 samples: a few epochs of the tiny corpus, so
@@ -106,3 +106,26 @@ def test_dataset_smaller_than_the_run_is_refused(single_rank, tmp_path, tiny_dat
     with pytest.raises(ConfigError, match="data.train_dataset_samples: 40 is fewer than the 48"):
         _train(single_rank, tmp_path / "b", tiny_dataset_prefix, sp_tokenizer_path,
                f"training.train_tokens={6 * STEP_TOKENS}", "data.train_dataset_samples=40")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, layout", [
+    ("ngpt", ["--zero-stage", "3"]),  # DP=2, every parameter sharded
+    ("gpt2", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
+])
+def test_branch_on_two_ranks(arch, layout, tmp_path, tiny_dataset_prefix, sp_tokenizer_path):
+    """The same mechanics under another layout: the kept checkpoint is written and loaded by
+    every rank, and the branch's first steps reproduce the stable run's."""
+    common = ["training.train_iters=0", "optimizer.warmup_steps=0",
+              f"data.train_dataset_samples={PLANNED_SAMPLES}", *layout]
+    stable = tmp_path / "stable"
+    train(2, stable, arch, tiny_dataset_prefix, sp_tokenizer_path, *common,
+          f"training.train_tokens={2000 * STEP_TOKENS}", "optimizer.lr_decay_style=constant",
+          "training.keep_steps=[3]", "training.exit_interval=5", "training.save_interval=0")
+    branch = tmp_path / "branch"
+    train(2, branch, arch, tiny_dataset_prefix, sp_tokenizer_path, *common,
+          *_branch_settings(stable))
+    start, branch_losses = after_resume(branch)
+    assert start == 3 and sorted(branch_losses) == [4, 5, 6]
+    for step in (4, 5):
+        assert branch_losses[step] == pytest.approx(losses(stable)[step], rel=1e-5)
