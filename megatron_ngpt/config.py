@@ -77,6 +77,10 @@ class DataConfig:
     tokenizer_model: str = ""
     cache_dir: str = ""  # default: <run dir>/data_cache
     num_workers: int = 0
+    # Build the training split for this many samples (0: what the run consumes). The order of
+    # the samples depends on this number once the data repeats, so runs that must see the same
+    # order (a WSD stable run and its cooldown branches) set the same value.
+    train_dataset_samples: int = 0
 
 
 @dataclass
@@ -89,7 +93,11 @@ class OptimizerConfig:
     eps: float = 1e-8
     clip_grad: float = 1.0
     warmup_steps: int = 0
-    lr_decay_style: str = "cosine"  # "cosine", "linear" or "constant"
+    lr_decay_style: str = "cosine"  # "cosine", "linear", "constant" or "wsd"
+    # wsd (warmup-stable-decay): the peak rate until the last `decay_fraction` of the run, then
+    # a decay of `decay_shape` ("linear", "1-sqrt" or "cosine") to min_lr.
+    decay_fraction: float = 0.2
+    decay_shape: str = "1-sqrt"
 
 
 @dataclass
@@ -107,7 +115,13 @@ class TrainingConfig:
     save: str = ""  # run directory
     save_interval: int = 1000
     keep_last: int = 3
+    # Also save at these steps, into RUN_DIR/kept/ where no checkpoint is ever pruned (a WSD
+    # stable run keeps the start of every cooldown branch).
+    keep_steps: list[int] = field(default_factory=list)
+    # Start from this run directory's checkpoint (the newest, or `load_step`) unless the run
+    # directory has checkpoints of its own: a branch that was stopped resumes itself.
     load: str = ""
+    load_step: int = 0  # with `load`: that step's checkpoint (kept or not); 0: the newest
     exit_interval: int = 0
     eval_interval: int = 1000
     eval_iters: int = 10
@@ -194,7 +208,8 @@ _CHOICES = {
     "model.transformer_impl": ("local", "transformer_engine"),
     "training.precision": ("fp32", "bf16", "bf16-params"),
     "training.device": ("auto", "cpu", "cuda"),
-    "optimizer.lr_decay_style": ("cosine", "linear", "constant"),
+    "optimizer.lr_decay_style": ("cosine", "linear", "constant", "wsd"),
+    "optimizer.decay_shape": ("linear", "1-sqrt", "cosine"),
 }
 
 
@@ -209,6 +224,7 @@ _NOT_NEGATIVE = (
     "optimizer.clip_grad", "optimizer.warmup_steps", "training.train_iters",
     "training.train_tokens", "training.save_interval", "training.exit_interval",
     "training.eval_interval", "training.eval_iters", "training.max_skipped_steps",
+    "training.load_step", "data.train_dataset_samples",
 )
 
 
@@ -268,6 +284,12 @@ def _validate(cfg: Config, world_size: int | None) -> None:
         _fail("model.compile_layers",
               "not supported with ZeRO-3, whose parameter hooks make torch.compile recompile "
               "every layer; use parallel.zero_stage 0, 1 or 2")
+    if not 0 < cfg.optimizer.decay_fraction <= 1:
+        _fail("optimizer.decay_fraction", f"must be in (0, 1], got {cfg.optimizer.decay_fraction}")
+    if any(step < 1 for step in t.keep_steps):
+        _fail("training.keep_steps", f"steps must be at least 1, got {t.keep_steps}")
+    if t.load_step and not t.load:
+        _fail("training.load_step", "needs training.load (the run directory to start from)")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         _fail("optimizer.min_lr", f"{cfg.optimizer.min_lr} exceeds the peak lr {cfg.optimizer.lr}")
     if len(cfg.data.data_path) > 1 and len(cfg.data.data_path) % 2:

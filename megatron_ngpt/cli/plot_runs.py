@@ -2,9 +2,11 @@
 
     python tools/plot_runs.py RUN_DIR... [--sweep MANIFEST_OR_DIR] --out DIR
 
-Draws training and validation loss against tokens for the runs (the sweep's runs if none are
-given); with --sweep also the final-loss-vs-budget curves and the speedup table (printed and
-written to DIR/speedup.md).
+Draws training and validation loss against tokens for the runs; with --sweep, per (precision,
+context), the final-loss-vs-tokens curves (best learning rate per point), the speedup table and
+the final losses of every run, and with several groups a summary of the speedup by precision x
+context x budget (printed and written to DIR/speedup.md). Without --sweep, one run of each model
+gives a rough estimate from their validation curves.
 """
 
 from __future__ import annotations

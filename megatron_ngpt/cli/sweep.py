@@ -1,10 +1,17 @@
-"""Launch a token-budget sweep: one complete run per (model, budget), for the speedup estimate.
+"""Launch a token-budget sweep: complete runs per (model, budget, precision, context, learning
+rate), or WSD stable runs and their cooldown branches, for the speedup estimate.
 
     python tools/sweep.py --models ngpt,gpt2 --budgets 1M,2M,4M --base-config configs/tiny \\
-        --out runs/sweep [--launcher local|slurm] [--nproc N] [--dry-run] [-- trainer args]
+        --out runs/sweep [--precisions fp32,bf16] [--contexts 128,256] \\
+        [--lrs ngpt=1e-2,2e-2 gpt2=1e-3,3e-3 | --lrs 1e-3,3e-3] \\
+        [--schedule cosine|wsd --decay-fraction 0.2 --decay-shape 1-sqrt] \\
+        [--launcher local|slurm] [--nproc N] [--dry-run] [-- trainer args]
 
-Each run gets training.train_tokens = budget (its own cosine schedule to the end) and a warmup cut
-to --max-warmup-fraction of its steps. The manifest runs/sweep/sweep.json lists the runs; completed
+Cosine (default): each run gets training.train_tokens = budget (its own schedule to the end) and
+a warmup cut to --max-warmup-fraction of its steps. WSD: one stable run per (model, precision,
+context, learning rate) keeps a checkpoint at every budget's decay start, and a cooldown branch
+per budget decays from there. A context keeps the tokens per step: the global batch becomes
+tokens per step / sequence length. The manifest runs/sweep/sweep.json lists the runs; completed
 runs are skipped when the sweep is started again. Analyse with
 ``python tools/plot_runs.py --sweep runs/sweep --out runs/sweep/plots``.
 """
@@ -19,7 +26,7 @@ from megatron_ngpt.analysis.tokens import parse_token_list
 from megatron_ngpt.config import ConfigError, resolve_config_path
 from megatron_ngpt.experiments.launch import LaunchError, run_local, submit_slurm
 from megatron_ngpt.experiments.manifest import SweepError, write_manifest
-from megatron_ngpt.experiments.sweep import plan_sweep
+from megatron_ngpt.experiments.sweep import WsdSettings, parse_lrs, plan_sweep
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -29,6 +36,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--models", default="ngpt,gpt2", help="comma-separated model names")
     parser.add_argument("--budgets", required=True, type=parse_token_list,
                         help="comma-separated token budgets, e.g. 1M,2M,4M")
+    parser.add_argument("--precisions", type=_names,
+                        help="comma-separated training.precision values (default: the config's)")
+    parser.add_argument("--contexts", type=_integers,
+                        help="comma-separated sequence lengths at the config's tokens per step")
+    parser.add_argument("--lrs", nargs="+", default=[], metavar="[MODEL=]LR,LR",
+                        help="learning rates: a list for every model, or MODEL=LR,LR per model")
+    parser.add_argument("--schedule", choices=("cosine", "wsd"), default="cosine",
+                        help="cosine: complete runs; wsd: stable runs and cooldown branches")
+    parser.add_argument("--decay-fraction", type=float, default=WsdSettings.decay_fraction,
+                        help="wsd: the share of each budget's steps that decays")
+    parser.add_argument("--decay-shape", choices=("linear", "1-sqrt", "cosine"),
+                        default=WsdSettings.decay_shape)
     parser.add_argument("--base-config", type=Path,
                         help="folder with one {model}.yaml per model (e.g. configs/tiny)")
     parser.add_argument("--base-config-ngpt", type=Path)
@@ -44,6 +63,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(own_args)
     args.trainer_args = trainer_args
     return args
+
+
+def _names(text: str) -> list[str]:
+    names = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} lists nothing")
+    return names
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        values = sorted({int(item) for item in _names(text)})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers") from None
+    if values[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sequence lengths must be positive")
+    return values
 
 
 def base_configs(args: argparse.Namespace, models: list[str]) -> dict[str, Path]:
@@ -66,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
+        wsd = (WsdSettings(args.decay_fraction, args.decay_shape)
+               if args.schedule == "wsd" else None)
         sweep = plan_sweep(models, args.budgets, base_configs(args, models), args.out,
-                           args.trainer_args, args.max_warmup_fraction)
+                           args.trainer_args, args.max_warmup_fraction,
+                           precisions=args.precisions, contexts=args.contexts,
+                           lrs=parse_lrs(args.lrs, models), wsd=wsd,
+                           world_size=args.nproc if args.launcher == "local" else None)
         if not args.dry_run:
             print(f"sweep manifest: {write_manifest(sweep)}")
         if args.launcher == "local":

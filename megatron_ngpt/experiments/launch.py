@@ -1,8 +1,10 @@
 """Starting the runs of a sweep: one after another on this machine, or as SLURM jobs.
 
-Locally every run is ``torchrun -m megatron_ngpt.train``; on SLURM every run is one
-``sbatch --wrap "bash slurm/launch.sh"`` whose job reads CONFIG, RUN_DIR, OVERRIDES and TRAIN_ARGS
-from the environment (DATA_PATH and TOKENIZER_MODEL pass through from the caller's environment).
+Locally every run is ``torchrun -m megatron_ngpt.train``, in the manifest's order (a WSD stable
+run before its cooldowns); on SLURM every run is one ``sbatch --wrap "bash slurm/launch.sh"`` whose
+job reads CONFIG, RUN_DIR, OVERRIDES and TRAIN_ARGS from the environment (DATA_PATH and
+TOKENIZER_MODEL pass through from the caller's environment), a cooldown waiting for its stable
+run's job (``--dependency=afterok``). Complete runs are skipped; a dry run lists every run.
 """
 
 from __future__ import annotations
@@ -31,18 +33,32 @@ def local_command(sweep: Sweep, run: SweepRun, nproc: int) -> list[str]:
             f"--nproc_per_node={nproc}", "-m", "megatron_ngpt.train", *sweep.trainer_args(run)]
 
 
-def slurm_submission(sweep: Sweep, run: SweepRun,
-                     sbatch_args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The sbatch command and the environment variables slurm/launch.sh reads."""
+def slurm_submission(sweep: Sweep, run: SweepRun, sbatch_args: list[str],
+                     after: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The sbatch command (starting once job `after` succeeded, if given) and the environment
+    variables slurm/launch.sh reads."""
     run_dir = sweep.run_path(run)
-    env = {"CONFIG": run.config, "RUN_DIR": str(run_dir), "OVERRIDES": " ".join(run.overrides),
+    env = {"CONFIG": run.config, "RUN_DIR": str(run_dir),
+           "OVERRIDES": " ".join(sweep.run_settings(run)),
            "TRAIN_ARGS": shlex.join(sweep.extra_args), "PYTHON": sys.executable}
     # --wrap, not the script itself: sbatch runs a spool copy of a script, from which
     # launch.sh could not find the repository.
     cmd = ["sbatch", "--parsable", f"--job-name=sweep-{run.run_dir}",
            f"--output={run_dir}/slurm-%j.out", *sbatch_args,
+           *([f"--dependency=afterok:{after}"] if after else []),
            f"--wrap=exec bash {shlex.quote(str(SLURM_SCRIPT))}"]
     return cmd, env
+
+
+def summary(run: SweepRun) -> str:
+    """One line naming the run: model, role, tokens and the values of its axes."""
+    what = {"complete": f"{format_tokens(run.tokens or run.budget)} tokens",
+            "stable": f"stable to {format_tokens(run.tokens)} tokens",
+            "cooldown": f"{format_tokens(run.tokens)} tokens, cooldown from step {run.load_step} "
+                        f"of {run.parent}"}[run.role]
+    axes = [] if run.precision is None else [run.precision, f"context {run.seq_length}",
+                                             f"lr {run.lr:g}"]
+    return " ".join([run.model, *axes, what])
 
 
 def describe(cmd: list[str], env: dict[str, str] | None = None) -> str:
@@ -56,12 +72,14 @@ def run_local(sweep: Sweep, nproc: int = 1, dry_run: bool = False,
     """Run every incomplete run in turn; returns the runs that were started."""
     started = []
     for i, run in enumerate(sweep.runs, 1):
-        head = f"[{i}/{len(sweep.runs)}] {run.model} {format_tokens(run.budget)} tokens"
+        head = f"[{i}/{len(sweep.runs)}] {summary(run)}"
         cmd = local_command(sweep, run, nproc)
+        complete = is_complete(sweep.run_path(run), run.train_iters)
         if dry_run:
+            log(f"# {head}: {'complete, would be skipped' if complete else 'would run'}")
             log(describe(cmd))
             continue
-        if is_complete(sweep.run_path(run), run.train_iters):
+        if complete:
             log(f"{head}: complete, skipped ({run.run_dir})")
             continue
         log(f"{head}: {run.train_iters} steps, warmup {run.warmup_steps} -> {run.run_dir}")
@@ -78,12 +96,18 @@ def submit_slurm(sweep: Sweep, sbatch_args: list[str] | None = None, dry_run: bo
                  log: Callable[[str], None] = print) -> list[SweepRun]:
     """Submit every incomplete run as a job and record job ids in the manifest."""
     submitted = []
+    jobs: dict[str, str] = {}  # run_dir -> job submitted now (a dry run's placeholder)
     for run in sweep.runs:
-        cmd, env = slurm_submission(sweep, run, list(sbatch_args or []))
+        complete = is_complete(sweep.run_path(run), run.train_iters)
+        cmd, env = slurm_submission(sweep, run, list(sbatch_args or []),
+                                    jobs.get(run.parent) if run.parent else None)
         if dry_run:
+            log(f"# {summary(run)}: {'complete, would be skipped' if complete else 'would run'}")
+            if not complete:
+                jobs[run.run_dir] = f"<job of {run.run_dir}>"
             log(describe(cmd, env))
             continue
-        if is_complete(sweep.run_path(run), run.train_iters):
+        if complete:
             log(f"{run.run_dir}: complete, skipped")
             continue
         sweep.run_path(run).mkdir(parents=True, exist_ok=True)
@@ -91,7 +115,7 @@ def submit_slurm(sweep: Sweep, sbatch_args: list[str] | None = None, dry_run: bo
         if result.returncode != 0:
             raise LaunchError(f"sbatch for {run.run_dir} failed ({result.returncode}): "
                               f"{result.stderr.strip()}")
-        run.job_id = result.stdout.strip().split(";")[0]
+        run.job_id = jobs[run.run_dir] = result.stdout.strip().split(";")[0]
         write_manifest(sweep)
         log(f"{run.run_dir}: submitted job {run.job_id}")
         submitted.append(run)

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state as ps
 
-from megatron_ngpt.config import Config, ConfigError
+from megatron_ngpt.config import Config, ConfigError, TrainingConfig
 from megatron_ngpt.data.datasets import build_datasets
 from megatron_ngpt.data.sampler import MicroBatchLoader
 from megatron_ngpt.data.tokenizer import load_tokenizer
@@ -38,9 +38,11 @@ from megatron_ngpt.parallel.state import ParallelDims
 from megatron_ngpt.training.checkpoint import (
     TRAINER_STATE,
     Checkpointer,
+    CheckpointError,
     Found,
     NonFiniteError,
     check_architecture,
+    complete_steps,
     find_checkpoint,
     has_checkpoints,
     read_checkpoint_config,
@@ -60,6 +62,7 @@ PREEMPTED_EXIT_CODE = 3  # "checkpoint saved, please requeue" for the launchers
 DIVERGED_EXIT_CODE = 4  # non-finite loss or gradients, or too many skipped steps: do not requeue
 INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: checkpoint saved, stopped on request
 PREEMPTED_MARKER = "PREEMPTED"
+KEPT_DIR = "kept"  # RUN_DIR/kept/checkpoints/: the checkpoints of `training.keep_steps`
 log = get_logger()
 
 
@@ -116,11 +119,18 @@ def build_model(config: LMTransformerConfig, dims: ParallelDims) -> torch.nn.Mod
 
 
 def sample_counts(cfg: Config, state: TrainState, plan: RunPlan) -> tuple[int, int, int]:
-    """Samples the train, valid and test splits must provide for the rest of the run."""
+    """Samples the train, valid and test splits are built for. Every validation reads the same
+    first `eval_iters` batches, so runs of any length are validated on the same samples; the
+    training split has `data.train_dataset_samples` when set, so that related runs share one
+    order (megatron-core shuffles differently for a different number of epochs)."""
     t = cfg.training
-    evals = plan.total_steps // t.eval_interval + 1 if t.eval_interval else 1
     train = state.consumed_samples + (plan.total_steps - state.step) * t.global_batch_size
-    return train, evals * t.eval_iters * t.global_batch_size, t.eval_iters * t.global_batch_size
+    wanted = cfg.data.train_dataset_samples
+    if wanted and wanted < train:
+        raise ConfigError(f"data.train_dataset_samples: {wanted} is fewer than the {train} "
+                          "samples this run trains on")
+    evaluated = t.eval_iters * t.global_batch_size
+    return max(train, wanted), evaluated, evaluated
 
 
 def _agree(dims: ParallelDims, *flags: bool) -> list[bool]:
@@ -130,22 +140,44 @@ def _agree(dims: ParallelDims, *flags: bool) -> list[bool]:
     return [bool(v) for v in values.tolist()]
 
 
+def _load_source(t: TrainingConfig) -> Found:
+    """The checkpoint `training.load` names: its newest, or that of step `load_step` among its
+    kept and its rolling checkpoints."""
+    source, step = Path(t.load), t.load_step or None
+    kept = source / KEPT_DIR
+    try:
+        if step is not None and step in complete_steps(kept / "checkpoints"):
+            return find_checkpoint(kept, step)
+        found = find_checkpoint(source, step)
+    except CheckpointError as err:
+        kept_steps = ", ".join(map(str, complete_steps(kept / "checkpoints"))) or "none"
+        raise ConfigError(f"training.load_step: {err}; kept: {kept_steps}") from None
+    if found is None:
+        raise ConfigError(f"training.load: no usable checkpoint under {t.load}")
+    return found
+
+
 def _locate_checkpoint(cfg: Config, dims: ParallelDims, run_dir: Path) -> Found | None:
     """Rank 0 checks the checkpoint to resume from (reading every file once) and tells the
-    others. A run directory with checkpoints but none usable is an error unless
+    others: the run directory's own newest one (rolling or kept), or else `training.load`'s. A
+    run directory with checkpoints but none usable is an error unless
     `training.ignore_checkpoints` says to start over."""
     t = cfg.training
-    source = Path(t.load) if t.load else run_dir
     decision: list[Any] = [None]
     if dims.rank == 0:
         try:
-            found = None if t.ignore_checkpoints else find_checkpoint(source)
-            if found is None and t.load:
-                raise ConfigError(f"training.load: no usable checkpoint under {t.load}")
-            if found is None and has_checkpoints(source) and not t.ignore_checkpoints:
-                raise ConfigError(f"training.save: {source} has checkpoints but none is usable "
-                                  "(see the warnings above); set training.ignore_checkpoints="
-                                  "true to start from scratch")
+            if t.ignore_checkpoints:
+                found = None
+            elif has_checkpoints(run_dir) or has_checkpoints(run_dir / KEPT_DIR):
+                usable = [f for f in (find_checkpoint(run_dir),
+                                      find_checkpoint(run_dir / KEPT_DIR)) if f is not None]
+                if not usable:
+                    raise ConfigError(f"training.save: {run_dir} has checkpoints but none is "
+                                      "usable (see the warnings above); set training."
+                                      "ignore_checkpoints=true to start from scratch")
+                found = max(usable, key=lambda f: f.step)
+            else:
+                found = _load_source(t) if t.load else None
             decision = [found]
         except ConfigError as err:
             decision = [err]
@@ -166,6 +198,8 @@ class Trainer:
         self.run_dir = run_dir
         self.state = TrainState()
         self.checkpointer = Checkpointer(run_dir, cfg.training.keep_last)
+        self.keep_steps = set(cfg.training.keep_steps)  # saved by `kept`, which never prunes
+        self.kept = Checkpointer(run_dir / KEPT_DIR, max(1, len(self.keep_steps)))
         self.flops_per_token = flops_per_token
         self.lock = lock
         self.resumed_from: Found | None = None
@@ -210,13 +244,13 @@ class Trainer:
             saved = json.loads((found.directory / TRAINER_STATE).read_text())
             state = TrainState(saved["step"], saved["consumed_samples"], saved["tokens"])
         plan = RunPlan.for_run(cfg, state.step, state.tokens)
+        counts = sample_counts(cfg, state, plan)
         model_config = build_transformer_config(
             cfg.model, cfg.model.vocab_size, dims.tp, dims.pp,
             torch.float32 if t.precision == "fp32" else torch.bfloat16,
             p.activation_checkpointing, init_seed=t.seed)
         engine = build_engine(cfg, build_model(model_config, dims), dims)
-        datasets = build_datasets(cfg.data, tokenizer, cfg.data.seq_length,
-                                  sample_counts(cfg, state, plan), t.seed,
+        datasets = build_datasets(cfg.data, tokenizer, cfg.data.seq_length, counts, t.seed,
                                   cfg.data.cache_dir or str(run_dir / "data_cache"))
         trainer = cls(cfg, dims, engine, datasets, plan, run_dir,
                       flops_per_token(cfg, cfg.model.vocab_size), lock)
@@ -246,10 +280,10 @@ class Trainer:
                 "zero_stage": self.cfg.parallel.zero_stage,
                 "precision": self.cfg.training.precision}
 
-    def save(self) -> None:
+    def save(self, checkpointer: Checkpointer | None = None) -> None:
         state = {**self.state.to_dict(), "layout": self.layout()}
-        path = self.checkpointer.save(self.eng, self.state.step, state, self.cfg,
-                                      self.named_parameters())
+        path = (checkpointer or self.checkpointer).save(self.eng, self.state.step, state,
+                                                       self.cfg, self.named_parameters())
         log.info("saved checkpoint %s", path)
 
     def resume(self, found: Found) -> None:
@@ -390,6 +424,8 @@ class Trainer:
                 if (t.save_interval and step % t.save_interval == 0) or stop_now or \
                         step == self.total_steps:
                     self.save()
+                if step in self.keep_steps:
+                    self.save(self.kept)
                 if stop_now and step < self.total_steps:
                     reason = ("preempted" if preempted else "interrupted" if interrupted
                               else "exit interval")
