@@ -76,6 +76,9 @@ class DataConfig:
     tokenizer_model: str = ""
     cache_dir: str = ""  # default: <run dir>/data_cache
     num_workers: int = 0
+    # Attend only within each document of a packed sequence, RoPE positions restarting at every
+    # document (Megatron-LM's reset_attention_mask + reset_position_ids); docs/training.md.
+    document_attention: bool = False
 
 
 @dataclass
@@ -259,6 +262,9 @@ def _validate(cfg: Config, world_size: int | None) -> None:
         _fail("model.compile_layers",
               "not supported with ZeRO-3, whose parameter hooks make torch.compile recompile "
               "every layer; use parallel.zero_stage 0, 1 or 2")
+    if cfg.data.document_attention and m.transformer_impl == "transformer_engine":
+        _fail("data.document_attention", "not supported with model.transformer_impl="
+              "transformer_engine yet; use model.transformer_impl=local (flex_attention on GPU)")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         _fail("optimizer.min_lr", f"{cfg.optimizer.min_lr} exceeds the peak lr {cfg.optimizer.lr}")
     if len(cfg.data.data_path) > 1 and len(cfg.data.data_path) % 2:
