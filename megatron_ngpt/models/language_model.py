@@ -26,7 +26,6 @@ from megatron_ngpt.models.specs import TE, layer_spec
 from megatron_ngpt.models.te_support import require_transformer_engine
 from megatron_ngpt.models.transformer_config import LMTransformerConfig
 
-
 StageInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
