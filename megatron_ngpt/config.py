@@ -81,6 +81,9 @@ class DataConfig:
     # the samples depends on this number once the data repeats, so runs that must see the same
     # order (a WSD stable run and its cooldown branches) set the same value.
     train_dataset_samples: int = 0
+    # Attend only within each document of a packed sequence, RoPE positions restarting at every
+    # document (Megatron-LM's reset_attention_mask + reset_position_ids); docs/training.md.
+    document_attention: bool = False
 
 
 @dataclass
@@ -290,6 +293,9 @@ def _validate(cfg: Config, world_size: int | None) -> None:
         _fail("training.keep_steps", f"steps must be at least 1, got {t.keep_steps}")
     if t.load_step and not t.load:
         _fail("training.load_step", "needs training.load (the run directory to start from)")
+    if cfg.data.document_attention and m.transformer_impl == "transformer_engine":
+        _fail("data.document_attention", "not supported with model.transformer_impl="
+              "transformer_engine yet; use model.transformer_impl=local (flex_attention on GPU)")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         _fail("optimizer.min_lr", f"{cfg.optimizer.min_lr} exceeds the peak lr {cfg.optimizer.lr}")
     if len(cfg.data.data_path) > 1 and len(cfg.data.data_path) % 2:

@@ -82,6 +82,14 @@ def test_compiled_layers_are_rejected_with_zero_3() -> None:
     assert load_config(TINY, ["model.compile_layers=true", "parallel.zero_stage=2"])
 
 
+
+def test_document_attention_is_rejected_with_transformer_engine() -> None:
+    with pytest.raises(ConfigError, match="data.document_attention: not supported with "
+                                          "model.transformer_impl=transformer_engine"):
+        load_config(TINY, ["data.document_attention=true",
+                           "model.transformer_impl=transformer_engine"])
+    assert load_config(TINY, ["data.document_attention=true"]).data.document_attention
+
 def test_batch_arithmetic_checks_the_world_size() -> None:
     cfg = load_config(TINY, ["training.micro_batch_size=4", "training.global_batch_size=16",
                              "parallel.tensor_model_parallel_size=2"])

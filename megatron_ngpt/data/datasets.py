@@ -4,7 +4,8 @@
 weights to weigh them by size, or a single prefix) cut into splits by ``data.split``; or
 ``train_data_path``/``valid_data_path``/``test_data_path`` give each split its own blend. Samples
 are megatron-core GPTDataset items: ``tokens``, ``labels`` (tokens shifted by one),
-``loss_mask`` and ``position_ids`` of ``seq_length`` each. Index caches go to `cache_dir`; with
+``loss_mask`` and ``position_ids`` of ``seq_length`` each (with ``data.document_attention``,
+positions restart at 0 after every EOD token). Index caches go to `cache_dir`; with
 torch.distributed initialized, rank 0 builds them first and the other ranks then load them.
 
 Before anything is built every dataset is checked (integrity.py): its index is validated, its
@@ -129,9 +130,11 @@ def gpt_dataset_config(data_cfg: DataConfig, tokenizer: Tokenizer, seq_length: i
         raise ConfigError("data.data_path: no dataset given (or set data.train_data_path)")
     config = FileKeyedGPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, path_to_cache=cache_dir or None,
-        tokenizer=MegatronTokenizerAdapter(tokenizer), reset_position_ids=False,
-        reset_attention_mask=False, eod_mask_loss=False,
-        create_attention_mask=False,  # our attention is causal by construction
+        tokenizer=MegatronTokenizerAdapter(tokenizer),
+        # Document attention: positions restart at 0 after every EOD, and the model reads the
+        # document starts from them (models/documents.py), so no mask is built here.
+        reset_position_ids=data_cfg.document_attention, reset_attention_mask=False,
+        eod_mask_loss=False, create_attention_mask=False,
         data_files={prefix: f.idx_sha1 for prefix, f in facts.items()},
         **blends)
     if "blend" in blends:

@@ -19,7 +19,8 @@ from megatron_ngpt.models.scaling import ScalingVector
 
 
 class SDPACoreAttention(MegatronModule):
-    """Causal self-attention over megatron's ``[s, b, heads, d_head]`` tensors."""
+    """Causal self-attention over megatron's ``[s, b, heads, d_head]`` tensors; with an
+    `attention_mask` (a `documents.DocumentMask`), causal within each packed document."""
 
     def __init__(
         self,
@@ -46,9 +47,12 @@ class SDPACoreAttention(MegatronModule):
         query, key = self.prepare_query_key(query, key)
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1]
-        )
+        gqa = k.shape[1] != q.shape[1]
+        if attention_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                 scale=self.softmax_scale, enable_gqa=gqa)
+        else:  # a DocumentMask (documents.py): causal within each document of the sequence
+            out = attention_mask.attend(q, k, v, scale=self.softmax_scale, enable_gqa=gqa)
         s, b = query.shape[0], query.shape[1]
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 

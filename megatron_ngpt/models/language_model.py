@@ -3,7 +3,8 @@
 The three stage classes are the only model definition. `LanguageModel` runs them in order on one
 pipeline stage; the pipeline engine builds the same classes, split across stages
 (see `megatron_ngpt.parallel.pipeline`). Activations between stages are megatron's
-``[s, b, h]`` hidden states.
+``[s, b, h]`` hidden states; with document attention (`documents.py`) every stage takes and
+passes on ``(activations, position_ids)``, the positions ``[b, s]`` restarting at each document.
 """
 
 from __future__ import annotations
@@ -17,12 +18,26 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
+from megatron_ngpt.models.documents import document_mask, rotary_at
 from megatron_ngpt.models.layers import ScaledLMHead
 from megatron_ngpt.models.normalize import mark_normalized, normalize_matrix_
 from megatron_ngpt.models.scaling import ScalingVector
 from megatron_ngpt.models.specs import TE, layer_spec
 from megatron_ngpt.models.te_support import require_transformer_engine
 from megatron_ngpt.models.transformer_config import LMTransformerConfig
+
+StageInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _unpack(inputs: StageInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A stage's input as (activations, position ids or None without document attention)."""
+    if isinstance(inputs, (tuple, list)):
+        return inputs[0], inputs[1]
+    return inputs, None
+
+
+def _pack(outputs: torch.Tensor, position_ids: torch.Tensor | None) -> StageInput:
+    return outputs if position_ids is None else (outputs, position_ids)
 
 
 @contextlib.contextmanager
@@ -50,8 +65,10 @@ class EmbeddingStage(MegatronModule):
                 mark_normalized(self.word_embeddings.weight, 1)
                 normalize_matrix_(self.word_embeddings.weight.data, 1)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.word_embeddings(tokens).transpose(0, 1).contiguous()
+    def forward(self, inputs: StageInput) -> StageInput:
+        """Token ids, or (token ids, position ids) with document attention."""
+        tokens, position_ids = _unpack(inputs)
+        return _pack(self.word_embeddings(tokens).transpose(0, 1).contiguous(), position_ids)
 
 
 class TransformerLayerStage(MegatronModule):
@@ -75,14 +92,22 @@ class TransformerLayerStage(MegatronModule):
             # `Module.compile` keeps the parameter names, so checkpoints do not change.
             self.layer.compile(dynamic=False)
 
-    def _layer(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _layer(self, hidden: torch.Tensor, position_ids: torch.Tensor | None = None
+               ) -> torch.Tensor:
         rotary = self.rotary(hidden.shape[0])
-        return self.layer(hidden, attention_mask=None, rotary_pos_emb=rotary)[0]
+        mask = None
+        if position_ids is not None:  # document attention
+            rotary, mask = rotary_at(rotary, position_ids), document_mask(position_ids)
+        return self.layer(hidden, attention_mask=mask, rotary_pos_emb=rotary)[0]
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: StageInput) -> StageInput:
+        hidden, position_ids = _unpack(inputs)
         if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._layer, hidden, use_reentrant=False)
-        return self._layer(hidden)
+            hidden = torch.utils.checkpoint.checkpoint(self._layer, hidden, position_ids,
+                                                       use_reentrant=False)
+        else:
+            hidden = self._layer(hidden, position_ids)
+        return _pack(hidden, position_ids)
 
 
 class OutputStage(MegatronModule):
@@ -110,7 +135,8 @@ class OutputStage(MegatronModule):
                 if is_ngpt else None
             )
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: StageInput) -> torch.Tensor:
+        hidden, _ = _unpack(inputs)
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         # To batch-first before the head: a copy of the hidden states costs vocab / hidden times
@@ -146,10 +172,12 @@ class LanguageModel(MegatronModule):
         self.head = OutputStage(config)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[b, s, V / TP]``, or the mean loss when `labels` are given."""
-        hidden = self.embedding(tokens)
+                loss_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[b, s, V / TP]``, or the mean loss when `labels` are given. With
+        `position_ids` (restarting at 0 at each document start), document attention."""
+        x = self.embedding(_pack(tokens, position_ids))
         for layer in self.layers:
-            hidden = layer(hidden)
-        logits = self.head(hidden)
+            x = layer(x)
+        logits = self.head(x)
         return logits if labels is None else language_model_loss(logits, labels, loss_mask)

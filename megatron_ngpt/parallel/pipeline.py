@@ -3,6 +3,9 @@
 The pipeline is the list embedding -> layer 1..L -> output head of `language_model.py` as
 `LayerSpec`s, so each stage builds only its own modules; DeepSpeed's topology orders ranks like
 megatron-core (tensor fastest, then data, then pipeline), which `check_rank_alignment` asserts.
+With document attention the first stage's input is ``(tokens, position_ids)`` and each stage
+sends ``(hidden, position_ids)`` to the next: the positions are an integer tensor, which
+DeepSpeed's engine sends along without a gradient.
 """
 
 from __future__ import annotations

@@ -301,10 +301,21 @@ class Trainer:
         return MicroBatchLoader(dataset, t.micro_batch_size, t.global_batch_size,
                                 ps.get_data_parallel_rank(), self.dims.dp, consumed)
 
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's keyword arguments of `LanguageModel.forward`: the positions, which
+        restart at each document, only with document attention."""
+        inputs = {"labels": batch["labels"], "loss_mask": batch["loss_mask"]}
+        if self.cfg.data.document_attention:
+            inputs["position_ids"] = batch["position_ids"]
+        return inputs
+
     def _pipeline_iter(self, loader: MicroBatchLoader):
         for batch in loader:
             batch = _to_device(batch, self.dims.device)
-            yield batch["tokens"], (batch["labels"], batch["loss_mask"])
+            inputs = batch["tokens"]
+            if self.cfg.data.document_attention:
+                inputs = (inputs, batch["position_ids"])
+            yield inputs, (batch["labels"], batch["loss_mask"])
 
     def _dp_mean(self, value: torch.Tensor) -> float:
         value = value.detach().float().reshape(1).to(self.dims.device)
@@ -318,7 +329,7 @@ class Trainer:
         total = torch.zeros((), device=self.dims.device)
         for _ in range(self.eng.grad_accumulation):
             batch = _to_device(next(loader), self.dims.device)
-            loss = engine(batch["tokens"], labels=batch["labels"], loss_mask=batch["loss_mask"])
+            loss = engine(batch["tokens"], **self._model_inputs(batch))
             engine.backward(loss)
             engine.step()
             total += loss.detach()
@@ -340,8 +351,8 @@ class Trainer:
         else:
             for _ in range(self.cfg.training.eval_iters * self.eng.grad_accumulation):
                 batch = _to_device(next(loader), self.dims.device)
-                losses.append(self._dp_mean(engine(batch["tokens"], labels=batch["labels"],
-                                                   loss_mask=batch["loss_mask"])))
+                losses.append(self._dp_mean(engine(batch["tokens"],
+                                                   **self._model_inputs(batch))))
         engine.train()
         return sum(losses) / len(losses)
 

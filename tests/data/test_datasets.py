@@ -62,6 +62,26 @@ def test_items_are_shifted_tokens_with_a_loss_mask(two_prefixes, sp_tokenizer, t
     assert torch.equal(again[0][3]["tokens"], item["tokens"])  # from the cached indices
 
 
+
+@pytest.mark.parametrize("document_attention", [False, True])
+def test_positions_restart_after_every_eod_with_document_attention(
+        two_prefixes, sp_tokenizer, tmp_path, document_attention):
+    cfg = DataConfig(data_path=[two_prefixes["a"]], split="1,0,0",
+                     document_attention=document_attention)
+    train, _, _ = build_datasets(cfg, sp_tokenizer, 128, (20, 0, 0), seed=1,
+                                 cache_dir=str(tmp_path))
+    eods = 0
+    for i in range(20):
+        tokens, positions = train[i]["tokens"].tolist(), train[i]["position_ids"].tolist()
+        expected, position = [], 0
+        for token in tokens:
+            expected.append(position)
+            new_document = document_attention and token == sp_tokenizer.eod_id
+            position = 0 if new_document else position + 1
+        assert positions == expected, i
+        eods += tokens[:-1].count(sp_tokenizer.eod_id)
+    assert eods > 20  # documents of 20-80 tokens: several boundaries in every sample
+
 def test_separate_paths_per_split(two_prefixes, sp_tokenizer, tmp_path):
     cfg = DataConfig(train_data_path=[two_prefixes["a"]], valid_data_path=[two_prefixes["b"]])
     train, valid, test = build_datasets(cfg, sp_tokenizer, SEQ, (40, 20, 0), seed=1,
