@@ -15,7 +15,9 @@ setup(
     # local CPU wheel first through `make install` (see Makefile).
     install_requires=[
         "torch>=2.4",
-        "deepspeed>=0.16",
+        # The suite has run against 0.19.8 only; parallel/deepspeed_internals.py asserts the private
+        # layout it reads, so another version fails at start-up rather than training wrong.
+        "deepspeed==0.19.8",
         "megatron-core==0.16.1",
         "sentencepiece",
         "numpy",

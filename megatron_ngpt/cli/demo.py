@@ -1,10 +1,12 @@
 """The end-to-end demo on CPU: data, tokenizer, tiny nGPT vs GPT-2, export, lm-eval, report.
 
-    python tools/demo.py [--out runs/demo] [--quick] [--force] [--nproc N]
+    python tools/demo.py [--out runs/demo] [--quick] [--full] [--force] [--nproc N]
 
 Writes OUT/REPORT.md with the loss curves, the final validation losses, the speedup estimate from
 a mini token-budget sweep, the eval table and the commands to reproduce each step. Stages that
-finished before are skipped (--force redoes them). --quick trains a few steps per model.
+finished before are skipped (--force redoes them). --quick trains a few steps per model; --full
+adds the precision axis (fp32 vs bf16-params) and two learning rates per model (four times the
+training) with a summary of the speedup by precision and budget.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from megatron_ngpt.analysis.tokens import parse_token_list
-from megatron_ngpt.experiments.demo import TASKS_DIR, Demo, DemoSettings, write_report
+from megatron_ngpt.experiments.demo import Demo, DemoSettings, write_report
 from megatron_ngpt.experiments.launch import LaunchError
 from megatron_ngpt.experiments.stages import StageError, StageRunner
 
@@ -24,20 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--quick", action="store_true", help="a few steps per model")
+    parser.add_argument("--full", action="store_true",
+                        help="also bf16-params and two learning rates per model")
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--nproc", type=int, default=1, help="training processes (gloo ranks)")
     parser.add_argument("--budgets", type=parse_token_list,
                         help="token budgets per model (default: 3 budgets, 80K to 330K)")
-    parser.add_argument("--tasks", help="comma-separated lm-eval tasks (default: all in "
-                                         "--tasks-dir)")
-    parser.add_argument("--tasks-dir", type=Path, default=TASKS_DIR,
-                        help="folder of lm-eval task YAMLs (default: megatron_ngpt/eval/tasks)")
+    parser.add_argument("--tasks", help="comma-separated lm-eval tasks (default: the task made "
+                                         "from the held-out text, or all in --tasks-dir)")
+    parser.add_argument("--tasks-dir", type=Path,
+                        help="folder of lm-eval task YAMLs (default: the demo's own, "
+                             "OUT/data/tasks)")
     parser.add_argument("--until", metavar="STAGE",
                         help="stop after this stage (corpus, tokenizer, preprocess, train, ...)")
     args = parser.parse_args(argv)
-    settings = DemoSettings.default(args.out, args.quick, args.nproc,
+    settings = DemoSettings.default(args.out, args.quick, args.nproc, args.full,
                                     args.tasks.split(",") if args.tasks else None,
-                                    args.tasks_dir.resolve())
+                                    args.tasks_dir.resolve() if args.tasks_dir else None)
     if args.budgets:
         settings.budgets = args.budgets
     # One thread per process: on 2 shared cores, 2 OpenMP threads made training 10-20x slower.

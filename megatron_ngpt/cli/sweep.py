@@ -1,5 +1,7 @@
-"""Launch a token-budget sweep: complete runs per (model, budget, precision, context, learning
-rate), or WSD stable runs and their cooldown branches, for the speedup estimate.
+"""Launch a token-budget sweep for the speedup estimate (cosine runs, or WSD cooldown branches).
+
+Complete runs per (model, budget, precision, context, learning rate), or WSD stable runs and
+their cooldown branches:
 
     python tools/sweep.py --models ngpt,gpt2 --budgets 1M,2M,4M --base-config configs/tiny \\
         --out runs/sweep [--precisions fp32,bf16] [--contexts 128,256] \\

@@ -1,5 +1,7 @@
 """The end-to-end demo: data, tokenizer, a tiny nGPT and GPT-2 on the same tokens, export,
-lm-eval, and a report with the loss curves, the speedup estimate and the eval table.
+lm-eval on a task made from the held-out text, and a report with the loss curves, the speedup
+estimate and the eval table. `full` adds the precision axis (fp32 vs bf16-params) and two
+learning rates per model, and the report's summary of the speedup by precision and budget.
 
 Every stage is one of the project's own command-line tools (the report lists them, so each step
 can be rerun by hand) and is skipped when it has already finished. Both models train on the same
@@ -22,21 +24,28 @@ from megatron_ngpt.analysis.report import markdown_table
 from megatron_ngpt.analysis.runs import load_run
 from megatron_ngpt.analysis.tokens import format_tokens
 from megatron_ngpt.arguments import parse_train_args
-from megatron_ngpt.config import packaged_configs
+from megatron_ngpt.config import Config, packaged_configs
+from megatron_ngpt.data.demo_corpus import HELD_OUT_EVERY
+from megatron_ngpt.eval.choice_task import CHOICES, ChoiceTaskShape
 from megatron_ngpt.experiments.launch import describe, local_command, run_local
 from megatron_ngpt.experiments.manifest import Sweep, write_manifest
 from megatron_ngpt.experiments.stages import Stage, StageRunner
 from megatron_ngpt.experiments.sweep import plan_sweep
 
 TINY_CONFIGS = packaged_configs() / "tiny"
-TASKS_DIR = Path(__file__).resolve().parents[1] / "eval" / "tasks"
 MODELS = ("ngpt", "gpt2")
+HELD_OUT_TASK = "heldout_continuation"  # made from the held-out documents by the `tasks` stage
+MIN_TASK_ITEMS = 200
+FULL_PRECISIONS = ["fp32", "bf16-params"]
+
+
+def base_config(model: str) -> Config:
+    return parse_train_args(["--config", str(TINY_CONFIGS / f"{model}.yaml")])
 
 
 def tokens_per_step() -> int:
     """Tokens of one step of the tiny configs (both models train on the same batches)."""
-    steps = {parse_train_args(["--config", str(TINY_CONFIGS / f"{m}.yaml")]).tokens_per_step
-             for m in MODELS}
+    steps = {base_config(m).tokens_per_step for m in MODELS}
     if len(steps) != 1:
         raise ValueError(f"the tiny configs disagree on tokens per step: {sorted(steps)}")
     return steps.pop()
@@ -49,25 +58,35 @@ class DemoSettings:
     vocab_size: int = 4096
     nproc: int = 1
     eval_interval: int = 20
-    eval_tasks: list[str] = field(default_factory=list)
-    tasks_dir: Path = TASKS_DIR  # lm-eval task YAMLs (--include-path)
+    eval_tasks: list[str] = field(default_factory=lambda: [HELD_OUT_TASK])
+    tasks_dir: Path | None = None  # lm-eval task YAMLs (--include-path); None: the demo's own
     eval_limit: int | None = None
     quick: bool = False
+    # --full: these training.precision values and these peak LRs per model (None: the config's)
+    precisions: list[str] | None = None
+    lrs: dict[str, list[float]] | None = None
 
     @classmethod
-    def default(cls, out: Path, quick: bool = False, nproc: int = 1,
-                tasks: list[str] | None = None, tasks_dir: Path = TASKS_DIR) -> DemoSettings:
-        tasks = local_tasks(tasks_dir) if tasks is None else tasks
+    def default(cls, out: Path, quick: bool = False, nproc: int = 1, full: bool = False,
+                tasks: list[str] | None = None, tasks_dir: Path | None = None) -> DemoSettings:
+        if tasks is None:
+            tasks = local_tasks(tasks_dir) if tasks_dir else [HELD_OUT_TASK]
         step = tokens_per_step()
         if quick:  # a few steps per model: checks the plumbing, not the models
-            return cls(Path(out), [2 * step, 4 * step], 1024, nproc, 2, tasks, tasks_dir,
-                       eval_limit=8, quick=True)
-        return cls(Path(out), [s * step for s in (40, 80, 160)], 4096, nproc, 16, tasks,
-                   tasks_dir)
+            settings = cls(Path(out), [2 * step, 4 * step], 1024, nproc, 2, tasks, tasks_dir,
+                           eval_limit=8, quick=True)
+        else:
+            settings = cls(Path(out), [s * step for s in (40, 80, 160)], 4096, nproc, 16, tasks,
+                           tasks_dir)
+        if full:  # the config's (tuned) rate and half of it
+            settings.precisions = FULL_PRECISIONS
+            settings.lrs = {m: [base_config(m).optimizer.lr / 2, base_config(m).optimizer.lr]
+                            for m in MODELS}
+        return settings
 
 
-def local_tasks(tasks_dir: Path = TASKS_DIR) -> list[str]:
-    """Names of the lm-eval tasks shipped in the repository (no download needed)."""
+def local_tasks(tasks_dir: Path) -> list[str]:
+    """Names of the lm-eval tasks whose YAMLs are in `tasks_dir` (no download needed)."""
     names = []
     for path in sorted(tasks_dir.glob("**/*.yaml")):
         match = re.search(r"^task:\s*['\"]?([\w.-]+)", path.read_text(), re.MULTILINE)
@@ -87,6 +106,7 @@ class Demo:
         self.tokenizer = self.data / "tokenizer.model"
         self.train_prefix = self.data / "train_text_document"
         self.valid_prefix = self.data / "valid_text_document"
+        self.tasks_dir = settings.tasks_dir or self.data / "tasks"
         self.report = out / "REPORT.md"
         self.sweep = self._plan_sweep()
 
@@ -102,11 +122,16 @@ class Demo:
             "--tokenizer-model", str(self.tokenizer), "--device", "cpu", "--no-progress-bar"]
         return plan_sweep(list(MODELS), self.s.budgets,
                           {m: TINY_CONFIGS / f"{m}.yaml" for m in MODELS},
-                          self.out / "sweep", trainer_args)
+                          self.out / "sweep", trainer_args, precisions=self.s.precisions,
+                          lrs=self.s.lrs)
 
     def main_run(self, model: str) -> Path:
-        """The largest-budget run of `model`: the one plotted, exported and evaluated."""
-        run = max((r for r in self.sweep.runs if r.model == model), key=lambda r: r.budget)
+        """The largest-budget run of `model` at its config's precision and LR: the one plotted,
+        exported and evaluated."""
+        base = base_config(model)
+        run = max((r for r in self.sweep.runs if r.model == model
+                   and r.precision == base.training.precision and r.lr == base.optimizer.lr),
+                  key=lambda r: r.budget)
         return self.sweep.run_path(run)
 
     def hf_dir(self, model: str) -> Path:
@@ -143,11 +168,15 @@ class Demo:
                 "checkpoint_to_hf", "--checkpoint", d.main_run(m), "--output", d.hf_dir(m),
                 "--dtype", "fp32", "--overwrite") for m in MODELS]),
         ]
+        if d.s.tasks_dir is None:
+            stages.insert(3, Stage("tasks", [d.tasks_dir / f"{HELD_OUT_TASK}.yaml"], [d._tool(
+                "make_choice_task", "--input", d.held_out, "--output-dir", d.tasks_dir,
+                "--name", HELD_OUT_TASK, "--min-items", str(MIN_TASK_ITEMS))]))
         if d.s.eval_tasks:
             limit = ["--limit", str(d.s.eval_limit)] if d.s.eval_limit else []
             stages.append(Stage("eval", [d.eval_dir(m) / "results.json" for m in MODELS], [
                 d._tool("eval", "--model", d.hf_dir(m), "--tasks", ",".join(d.s.eval_tasks),
-                        "--include-path", d.s.tasks_dir, "--output", d.eval_dir(m), *limit)
+                        "--include-path", d.tasks_dir, "--output", d.eval_dir(m), *limit)
                 for m in MODELS]))
         stages.append(Stage("report", [d.report], action=write_report, always=True))
         return stages
@@ -194,18 +223,23 @@ def write_report(demo: Demo, runner: StageRunner) -> Path:
                        f"{run.train.losses[-1]:.4f}" if run.train else "-",
                        f"{speed:,.0f}" if speed else "-"])
     budgets = ", ".join(format_tokens(b) for b in s.budgets)
+    precisions = ", ".join(s.precisions) if s.precisions else "fp32"
+    lrs = ("; peak learning rates " + ", ".join(
+        f"{m} {' and '.join(f'{lr:g}' for lr in rates)}" for m, rates in s.lrs.items())
+        + " (the report picks the best per budget)") if s.lrs else ""
     lines = ["# megatron-ngpt demo: tiny nGPT vs tiny GPT-2 on CPU", ""]
     if s.quick:
         lines.append("**Quick mode**: a few steps per model, to check the pipeline; the numbers "
                      "mean nothing.\n")
     lines += [
         "Data: the Python documentation shipped with CPython "
-        "(`python -m megatron_ngpt.cli.make_demo_corpus`), every 50th document held out for "
-        f"validation; SentencePiece BPE vocabulary {s.vocab_size}. Models: "
+        f"(`python -m megatron_ngpt.cli.make_demo_corpus`), every {HELD_OUT_EVERY}th document "
+        f"held out for validation; SentencePiece BPE vocabulary {s.vocab_size}. Models: "
         "`configs/tiny/ngpt.yaml` and `configs/tiny/gpt2.yaml` "
-        "(4 layers, d 128, 4 heads, sequence 128, 16 sequences per step), fp32 on CPU, "
-        f"{s.nproc} process(es). Token budgets per model: {budgets}, each a complete run "
-        "with its own cosine schedule.", "",
+        f"(4 layers, d 128, 4 heads, sequence 128, 16 sequences per step), {precisions} on CPU, "
+        f"{s.nproc} process(es){lrs}. Token budgets per model: {budgets}, each a complete run "
+        "with its own cosine schedule. Curves, losses and evaluation: the largest budget at the "
+        "config's precision and LR.", "",
         "## Loss curves (largest budget)", "", f"![loss vs tokens]({LOSS_PLOT})", "",
         "## Final validation loss (held-out data, largest budget)", "",
         markdown_table(["model", "tokens", "val loss", "last train loss", "tokens/s"], finals),
@@ -213,15 +247,22 @@ def write_report(demo: Demo, runner: StageRunner) -> Path:
     if len(s.budgets) > 1:
         lines += [f"![final loss vs budget]({SWEEP_PLOT})", ""]
     lines += [comparison.markdown or "No speedup estimate (missing runs).\n", "",
-              "## Downstream evaluation (lm-eval, local tasks)", ""]
+              "## Downstream evaluation (lm-eval)", ""]
+    if s.eval_tasks and HELD_OUT_TASK in s.eval_tasks and s.tasks_dir is None:
+        shape = ChoiceTaskShape()
+        lines.append(f"`{HELD_OUT_TASK}`: passages of {shape.context_words} words from the "
+                     f"held-out documents; which of {CHOICES} continuations of "
+                     f"{shape.continuation_words} words follows (the others continue other "
+                     f"passages). Chance is {1 / CHOICES:.2f}; `acc_norm` divides by length.\n")
     if s.eval_tasks:
         if s.eval_limit:
             lines.append(f"Limited to {s.eval_limit} documents per task.\n")
         lines.append(eval_markdown({m: demo.eval_dir(m) / "results.json" for m in MODELS}))
     else:
-        lines.append(f"Skipped: no lm-eval task YAMLs under {s.tasks_dir}.\n")
+        lines.append(f"Skipped: no lm-eval task YAMLs under {demo.tasks_dir}.\n")
     lines += ["## Reproduce", "", "```", "python -m megatron_ngpt.cli.demo --out " + str(out)
-              + (" --quick" if s.quick else ""), "", "# or stage by stage:"]
+              + (" --quick" if s.quick else "") + (" --full" if s.precisions else ""), "",
+              "# or stage by stage:"]
     for stage in demo.stages(lambda: None):
         lines += [_readable(shlex.join(map(str, cmd))) for cmd in stage.commands]
         if stage.name == "train":

@@ -30,7 +30,8 @@ def run_demo(out: Path) -> str:
 def test_quick_demo_writes_every_artifact(tmp_path):
     out = tmp_path / "demo"
     log = run_demo(out)
-    for stage in ("corpus", "tokenizer", "preprocess", "train", "export", "eval", "report"):
+    for stage in ("corpus", "tokenizer", "preprocess", "tasks", "train", "export", "eval",
+                  "report"):
         assert re.search(rf"\] {stage}: done in \d+s", log), f"stage {stage} did not run"
 
     for plot in ("loss_curves.png", "final_loss_vs_tokens.png"):
@@ -40,6 +41,10 @@ def test_quick_demo_writes_every_artifact(tmp_path):
         assert list((out / "hf" / model).glob("*.safetensors"))
         assert (out / "eval" / model / "results.json").is_file()
 
+    task_items = (out / "data" / "tasks" / "heldout_continuation.jsonl").read_text().splitlines()
+    assert len(task_items) >= 200  # from the held-out documents (the quick demo evaluates 8)
+    held_out = (out / "data" / "heldout.jsonl").read_text()
+    assert json.loads(task_items[0])["context"].split()[0] in held_out
     report = (out / "REPORT.md").read_text()
     for model in ("ngpt", "gpt2"):  # final validation losses: the runs' own last val_loss
         sweep = load_manifest(out / "sweep")
@@ -54,7 +59,8 @@ def test_quick_demo_writes_every_artifact(tmp_path):
     assert "| task | metric | ngpt | gpt2 |" in evals
     body = evals.split("|---|---|---|---|\n")[1]
     rows = re.findall(r"^\| ([\w.-]+) \| ([\w.-]+) \| (.+) \| (.+) \|$", body, re.MULTILINE)
-    assert rows
+    assert {(task, metric) for task, metric, *_ in rows} == {
+        ("heldout_continuation", "acc"), ("heldout_continuation", "acc_norm")}
     results = {m: json.loads((out / "eval" / m / "results.json").read_text())["results"]
                for m in ("ngpt", "gpt2")}
     for task, metric, *cells in rows:  # each cell is lm-eval's own number for that model
@@ -65,4 +71,4 @@ def test_quick_demo_writes_every_artifact(tmp_path):
 
     # resumable: a second run finds every stage done and only rewrites the report
     log = run_demo(out)
-    assert log.count("done before, skipped") == 6
+    assert log.count("done before, skipped") == 7
