@@ -137,6 +137,13 @@ class TrainingConfig:
     # Start from step 0 even though RUN_DIR holds checkpoints (they are overwritten as the new
     # run saves). Without it, a run directory whose checkpoints are all unusable is an error.
     ignore_checkpoints: bool = False
+    # lm-eval on the in-memory model every N steps and at the end (0: off; docs/training.md):
+    # task names, lm-eval groups or "seed" (the paper's five), documents per task (0: all), and a
+    # folder of task YAMLs searched besides the packaged megatron_ngpt/eval/tasks.
+    downstream_eval_interval: int = 0
+    downstream_tasks: list[str] = field(default_factory=lambda: ["seed"])
+    downstream_limit: int = 0
+    downstream_include_path: str = ""
 
 
 @dataclass
@@ -228,6 +235,7 @@ _NOT_NEGATIVE = (
     "training.train_tokens", "training.save_interval", "training.exit_interval",
     "training.eval_interval", "training.eval_iters", "training.max_skipped_steps",
     "training.load_step", "data.train_dataset_samples",
+    "training.downstream_eval_interval", "training.downstream_limit",
 )
 
 
@@ -296,6 +304,8 @@ def _validate(cfg: Config, world_size: int | None) -> None:
     if cfg.data.document_attention and m.transformer_impl == "transformer_engine":
         _fail("data.document_attention", "not supported with model.transformer_impl="
               "transformer_engine yet; use model.transformer_impl=local (flex_attention on GPU)")
+    if t.downstream_eval_interval and not any(name.strip(" ,") for name in t.downstream_tasks):
+        _fail("training.downstream_tasks", "no tasks given for the in-loop evaluation")
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         _fail("optimizer.min_lr", f"{cfg.optimizer.min_lr} exceeds the peak lr {cfg.optimizer.lr}")
     if len(cfg.data.data_path) > 1 and len(cfg.data.data_path) % 2:

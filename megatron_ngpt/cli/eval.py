@@ -1,11 +1,11 @@
 """Evaluate an exported Hugging Face model folder with lm-evaluation-harness.
 
     python tools/eval.py --model exports/ngpt --tasks seed --output eval/ngpt
-    python tools/eval.py --model exports/ngpt --tasks tiny_choice,tiny_cloze \
-        --include-path megatron_ngpt/eval/tasks --limit 8
+    python tools/eval.py --model exports/ngpt --tasks tiny_choice,tiny_cloze --limit 8
 
 "seed" is hellaswag, arc_easy, winogrande, wsc273 and lambada_openai; any lm-eval task, group or
-tag works. Writes results.json and results.md into --output (default: <model>/eval).
+tag works, and the packaged offline tasks in megatron_ngpt/eval/tasks need no --include-path.
+Writes results.json and results.md into --output (default: <model>/eval).
 """
 
 from __future__ import annotations

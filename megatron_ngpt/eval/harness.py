@@ -1,9 +1,11 @@
-"""Downstream evaluation of an exported Hugging Face folder with lm-evaluation-harness.
+"""Downstream evaluation with lm-evaluation-harness: task selection shared by `tools/eval.py` and
+the in-loop evaluation, and the evaluation of an exported Hugging Face folder.
 
 The exported folder is an ordinary Hugging Face model (nGPT through ``trust_remote_code``), so
 lm-eval's own ``hf`` backend runs it; this module only picks the tasks, calls
 `lm_eval.simple_evaluate` and writes ``results.json`` (lm-eval's results) and ``results.md``
-(its table).
+(its table). The in-loop evaluation (`megatron_ngpt.eval.in_loop`) loads tasks through
+`load_tasks` too, so that both see the same task configurations.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Any
 
 # The downstream tasks of the nGPT paper and the Nous reproduction.
 TASK_GROUPS = {"seed": ("hellaswag", "arc_easy", "winogrande", "wsc273", "lambada_openai")}
+# Offline tasks shipped with the package; always on lm-eval's include path.
+PACKAGED_TASKS = Path(__file__).resolve().parent / "tasks"
+# Where the packaged tasks' relative data_files start (the checkout, or site-packages).
+PACKAGE_PARENT = PACKAGED_TASKS.parents[2]
 
 
 def expand_tasks(spec: str | list[str]) -> list[str]:
@@ -29,25 +35,73 @@ def expand_tasks(spec: str | list[str]) -> list[str]:
     return tasks
 
 
+def load_tasks(tasks: list[str], include_path: str | Path | None = None
+               ) -> tuple[Any, list[str | dict[str, Any]]]:
+    """(lm-eval `TaskManager`, task specs for `simple_evaluate`) for task names.
+
+    The packaged tasks and `include_path` are searched first; lm-eval's own few thousand task
+    YAMLs are indexed only when a name is not found there (that index takes tens of seconds).
+    Unknown names are a ValueError. See `resolve_data_files` for the specs."""
+    from lm_eval.tasks import TaskManager
+
+    paths = list(dict.fromkeys(
+        str(Path(p).resolve()) for p in (PACKAGED_TASKS, include_path) if p))
+    manager = TaskManager(include_path=paths, include_defaults=False)
+    if any(t not in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=paths)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"unknown lm-eval tasks: {', '.join(unknown)} "
+                         "(custom task YAMLs need an include path)")
+    return manager, [resolve_data_files(t, manager) for t in tasks]
+
+
+def resolve_data_files(task: str, manager: Any) -> str | dict[str, Any]:
+    """The task's name, or, when its YAML names local ``dataset_kwargs.data_files`` that do not
+    exist relative to the working directory (lm-eval's rule), its whole config with those paths
+    made absolute: found beside the YAML or under `PACKAGE_PARENT` (where the packaged tasks'
+    paths start). So tasks run from any working directory."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    yaml_path = manager.task_index[task].yaml_path
+    if yaml_path is None:
+        return task
+    config = load_yaml(yaml_path, resolve_func=True)
+    data_files = (config.get("dataset_kwargs") or {}).get("data_files")
+    if data_files is None:
+        return task
+    bases = (Path(yaml_path).parent, PACKAGE_PARENT)
+
+    def resolve(value):
+        if isinstance(value, dict):
+            return {key: resolve(v) for key, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).exists():
+            found = [base / value for base in bases if (base / value).is_file()]
+            return str(found[0]) if found else value
+        return value
+
+    resolved = resolve(data_files)
+    if resolved == data_files:
+        return task
+    return {**config, "dataset_kwargs": {**config["dataset_kwargs"], "data_files": resolved}}
+
+
 def evaluate_hf(model_dir: str | Path, tasks: list[str], limit: int | float | None = None,
                 include_path: str | Path | None = None, batch_size: int | str = 8,
                 device: str | None = None) -> dict[str, Any]:
     """lm-eval's results dict for the exported model in `model_dir` (CUDA when available)."""
     import torch
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; is this an exported model folder?")
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise ValueError(f"unknown lm-eval tasks: {', '.join(unknown)} "
-                         "(custom task YAMLs need --include-path)")
+    manager, specs = load_tasks(tasks, include_path)
     return simple_evaluate(
         model="hf",
         model_args={"pretrained": str(model_dir), "trust_remote_code": True, "dtype": "auto"},
-        tasks=tasks, limit=limit, batch_size=batch_size, task_manager=manager,
+        tasks=specs, limit=limit, batch_size=batch_size, task_manager=manager,
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         log_samples=False,
     )

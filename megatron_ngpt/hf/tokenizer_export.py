@@ -85,6 +85,17 @@ def export_tokenizer(tokenizer_path: str | Path, output_dir: Path) -> Tokenizer:
     return tokenizer
 
 
+def exported_tokenizer(tokenizer_path: str | Path):
+    """The Hugging Face tokenizer that an export of `tokenizer_path` loads (the same files,
+    written to a temporary folder and read back), for code that must tokenize exactly like the
+    exported model without exporting it: the in-loop evaluation."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_tokenizer(tokenizer_path, Path(tmp))
+        return AutoTokenizer.from_pretrained(tmp)
+
+
 def check_tokenizer(output_dir: Path, reference: Tokenizer,
                     texts: tuple[str, ...] = PROBE_TEXTS) -> None:
     """Raise if AutoTokenizer on `output_dir` encodes any text differently from `reference`."""

@@ -41,13 +41,30 @@ def memory_gb(device: torch.device) -> float:
         return 0.0
 
 
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as "a/b/c" keys (the downstream scores, for wandb and the console)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def json_safe(record: dict[str, Any]) -> dict[str, Any]:
     """The record with non-finite numbers as null, which JSON can hold (bare NaN is not JSON);
-    the keys that were non-finite are listed under "nonfinite"."""
-    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    the keys that were non-finite are listed under "nonfinite" ("a/b" inside nested dicts)."""
+    bad = [k for k, v in flatten(record).items() if isinstance(v, float) and not math.isfinite(v)]
     if not bad:
         return record
-    return {**{k: None if k in bad else v for k, v in record.items()}, "nonfinite": bad}
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    return {**clean(record), "nonfinite": bad}
 
 
 class MetricsLogger:
@@ -85,10 +102,12 @@ class MetricsLogger:
             text = " ".join(f"{k}={v}" for k, v in record.items() if k not in ("event", "step"))
             self.log.info("step %d: %s (%s)", record["step"], record["event"], text)
             return
+        flat = flatten(record)
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
-        shown = {k: record[k] for k in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_sec",
-                                        "mfu") if record.get(k) is not None}
+            self.wandb.log({k: v for k, v in flat.items() if v is not None}, step=record["step"])
+        shown = {k: v for k, v in flat.items() if v is not None and (
+            k in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_sec", "mfu")
+            or k.startswith("downstream/"))}
         text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)

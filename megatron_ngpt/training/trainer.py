@@ -356,6 +356,15 @@ class Trainer:
         engine.train()
         return sum(losses) / len(losses)
 
+    def downstream_evaluator(self):
+        """lm-eval on the in-memory model (`training.downstream_*`), or None when it is off.
+        Built before the first step, so that bad tasks stop the run at once."""
+        if not self.cfg.training.downstream_eval_interval:
+            return None
+        from megatron_ngpt.eval.in_loop import DownstreamEvaluator
+
+        return DownstreamEvaluator(self.cfg, self.dims, self.eng)
+
     # ------------------------------------------------------------------ the loop
 
     def _check_step(self, loss: float, grad_norm: float | None, skipped_in_a_row: int,
@@ -401,6 +410,7 @@ class Trainer:
         skipped_in_a_row = 0
         exit_code = 0
         try:
+            downstream = self.downstream_evaluator()
             while self.state.step < self.total_steps:
                 lr = self.plan.lr(opt, self.state.step, self.state.tokens)
                 set_lr(engine.optimizer, opt, lr)
@@ -430,6 +440,11 @@ class Trainer:
                     if val_loss is not None:
                         metrics.write({"step": step, "tokens": self.state.tokens,
                                        "val_loss": val_loss})
+                if downstream is not None and (step % t.downstream_eval_interval == 0
+                                               or step == self.total_steps):
+                    scores = downstream.evaluate()
+                    if scores is not None:
+                        metrics.write({"step": step, "tokens": self.state.tokens, **scores})
                 stop_now = preempted or interrupted or bool(
                     t.exit_interval and step % t.exit_interval == 0)
                 if (t.save_interval and step % t.save_interval == 0) or stop_now or \
