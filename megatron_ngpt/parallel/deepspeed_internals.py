@@ -193,14 +193,38 @@ class MasterWeights:
             return
         step = self.base.step
         params = list(params)
+        members = self._group_members()
 
         @functools.wraps(step)
         def step_then_hook(*args, **kwargs):
             result = step(*args, **kwargs)
-            hook(params)
+            stepped = set().union(*(members[id(group)] for group in self.base.param_groups))
+            hook([p for p in params if id(p) in stepped])
             return result
 
         self.base.step = step_then_hook
+
+    def _group_members(self) -> dict[int, set[int]]:
+        """Which model parameters (by id) each group of the base optimizer updates, by the
+        group's id. DeepSpeed's ZeRO-1/2 optimizer steps its groups one at a time
+        (`_optimizer_step` narrows `param_groups` to one group and copies that group's masters
+        into the model right after), so the hook sees only the group just stepped; a second pass
+        over the other groups' masters would round them again after their copy."""
+        groups = self.base.param_groups
+        if self.layout == ZERO_PARTITIONS:
+            lp_groups = getattr(self.optimizer, "bit16_groups", None) or \
+                self.optimizer.bf16_groups
+        elif self.layout == FP32_COPIES:
+            lp_groups = self.optimizer.fp16_groups
+        else:
+            lp_groups = [group["params"] for group in groups]
+        if len(lp_groups) != len(groups):
+            raise DeepSpeedLayoutError(
+                f"DeepSpeed {deepspeed.__version__}: {type(self.optimizer).__name__} has "
+                f"{len(lp_groups)} model parameter groups for {len(groups)} optimizer groups. "
+                "This DeepSpeed version is not supported (see setup.py for the tested range).")
+        return {id(group): {id(p) for p in lp} for group, lp in zip(groups, lp_groups,
+                                                                       strict=True)}
 
     def refresh_partitioned_parameters(self) -> None:
         """ZeRO-3: rebuild the model's parameter partitions from the masters (after writing
