@@ -16,6 +16,7 @@ A step is `--accumulation` micro-batches of the config's size (16k tokens on GPU
     python bench/bench_trainer.py --seq 1024,4096,8192 --compile-layers on
     python bench/bench_trainer.py --device cpu --seq 64 --compile-layers off   # CI smoke run
     python bench/bench_trainer.py --prewarm-only           # fill the compile caches, time nothing
+    python bench/bench_trainer.py --models ngpt --seq 4096 --override data.document_attention=true
 """
 
 from __future__ import annotations
@@ -118,10 +119,12 @@ def write_tokenizer(workdir: Path) -> Path:
                                     input_sentence_size=20000))
 
 
-def write_dataset(prefix: Path, vocab: int, tokens: int = DATASET_TOKENS, seed: int = 0) -> str:
+def write_dataset(prefix: Path, vocab: int, eod: int, tokens: int = DATASET_TOKENS,
+                  seed: int = 0) -> str:
     """Random token ids below `vocab` (the tokenizer's: training checks that the ids fit it) in
-    documents of 512 to 4096 tokens. The 0.5B models' 32000-row embedding and head cost the same
-    whichever rows the ids pick."""
+    documents of 512 to 4096 tokens, each ending with the tokenizer's EOD as preprocessing writes
+    it (so `--override data.document_attention=true` sees real document boundaries). The 0.5B
+    models' 32000-row embedding and head cost the same whichever rows the ids pick."""
     from megatron_ngpt.data.indexed import IndexedDatasetWriter, token_dtype
 
     rng = np.random.default_rng(seed)
@@ -130,7 +133,9 @@ def write_dataset(prefix: Path, vocab: int, tokens: int = DATASET_TOKENS, seed: 
         written = 0
         while written < tokens:
             length = int(rng.integers(512, 4097))
-            writer.add_document(rng.integers(3, vocab, length, dtype=np.int64).astype(dtype))
+            ids = rng.integers(3, vocab, length, dtype=np.int64)
+            ids[-1] = eod
+            writer.add_document(ids.astype(dtype))
             written += length
     return str(prefix)
 
@@ -292,7 +297,10 @@ def prepare(args: argparse.Namespace) -> Inputs:
     tokenizer = workdir / "tokenizer.model"
     if not tokenizer.is_file():
         tokenizer = write_tokenizer(workdir)
-    prefix = write_dataset(workdir / f"random_v{TOKENIZER_VOCAB}", TOKENIZER_VOCAB)
+    from megatron_ngpt.data.tokenizer import load_tokenizer
+
+    eod = load_tokenizer(str(tokenizer)).eod_id
+    prefix = write_dataset(workdir / f"random_v{TOKENIZER_VOCAB}", TOKENIZER_VOCAB, eod)
     return Inputs(args, workdir, prefix, tokenizer, peak, device_name)
 
 

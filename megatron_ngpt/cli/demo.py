@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument("--nproc", type=int, default=1, help="training processes (gloo ranks)")
     parser.add_argument("--budgets", type=parse_token_list,
-                        help="token budgets per model (default: 3 budgets, 80K to 330K)")
+                        help="token budgets per model (default: 3 budgets, 82K to 328K; with "
+                             "--full 41K and 82K)")
     parser.add_argument("--tasks", help="comma-separated lm-eval tasks (default: the task made "
                                          "from the held-out text, or all in --tasks-dir)")
     parser.add_argument("--tasks-dir", type=Path,
