@@ -1,7 +1,8 @@
 """Launch a token-budget sweep: one complete run per (model, budget), for the speedup estimate.
 
     python tools/sweep.py --models ngpt,gpt2 --budgets 1M,2M,4M --base-config configs/tiny \\
-        --out runs/sweep [--launcher local|slurm] [--nproc N] [--dry-run] [-- trainer args]
+        --out runs/sweep [--launcher local|slurm] [--nproc N] [--sbatch-arg=OPTION ...] \\
+        [--dry-run] [-- trainer args]
 
 Each run gets training.train_tokens = budget (its own cosine schedule to the end) and a warmup cut
 to --max-warmup-fraction of its steps. The manifest runs/sweep/sweep.json lists the runs; completed
@@ -35,7 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base-config-gpt2", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="sweep folder")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
-    parser.add_argument("--nproc", type=int, default=1, help="processes per local run")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="ranks per run: torchrun processes (local), tasks per node (SLURM)")
     parser.add_argument("--max-warmup-fraction", type=float, default=0.05,
                         help="longest warmup, as a fraction of a run's steps")
     parser.add_argument("--sbatch-arg", action="append", default=[],
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.launcher == "local":
             run_local(sweep, args.nproc, args.dry_run)
         else:
-            submit_slurm(sweep, args.sbatch_arg, args.dry_run)
+            submit_slurm(sweep, args.sbatch_arg, args.dry_run, tasks_per_node=args.nproc)
     except (SweepError, ConfigError, LaunchError) as err:
         print(f"sweep: {err}", file=sys.stderr)
         return 1

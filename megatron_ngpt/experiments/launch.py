@@ -1,8 +1,9 @@
 """Starting the runs of a sweep: one after another on this machine, or as SLURM jobs.
 
 Locally every run is ``torchrun -m megatron_ngpt.train``; on SLURM every run is one
-``sbatch --wrap "bash slurm/launch.sh"`` whose job reads CONFIG, RUN_DIR, OVERRIDES and TRAIN_ARGS
-from the environment (DATA_PATH and TOKENIZER_MODEL pass through from the caller's environment).
+``sbatch --wrap "bash slurm/launch.sh"`` (the launcher shipped in the package) with a task count
+per node, whose job reads CONFIG, RUN_DIR, OVERRIDES and TRAIN_ARGS from the environment
+(DATA_PATH and TOKENIZER_MODEL pass through from the caller's environment).
 """
 
 from __future__ import annotations
@@ -31,18 +32,26 @@ def local_command(sweep: Sweep, run: SweepRun, nproc: int) -> list[str]:
             f"--nproc_per_node={nproc}", "-m", "megatron_ngpt.train", *sweep.trainer_args(run)]
 
 
-def slurm_submission(sweep: Sweep, run: SweepRun,
-                     sbatch_args: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The sbatch command and the environment variables slurm/launch.sh reads."""
+def slurm_submission(sweep: Sweep, run: SweepRun, sbatch_args: list[str],
+                     tasks_per_node: int = 1) -> tuple[list[str], dict[str, str]]:
+    """The sbatch command and the environment variables slurm/launch.sh reads. The job asks for
+    `tasks_per_node` tasks (ranks) per node unless `sbatch_args` give a task count."""
     run_dir = sweep.run_path(run)
     env = {"CONFIG": run.config, "RUN_DIR": str(run_dir), "OVERRIDES": " ".join(run.overrides),
            "TRAIN_ARGS": shlex.join(sweep.extra_args), "PYTHON": sys.executable}
+    tasks = [] if _sets_task_count(sbatch_args) else [f"--ntasks-per-node={tasks_per_node}"]
     # --wrap, not the script itself: sbatch runs a spool copy of a script, from which
     # launch.sh could not find the repository.
     cmd = ["sbatch", "--parsable", f"--job-name=sweep-{run.run_dir}",
-           f"--output={run_dir}/slurm-%j.out", *sbatch_args,
+           f"--output={run_dir}/slurm-%j.out", *tasks, *sbatch_args,
            f"--wrap=exec bash {shlex.quote(str(SLURM_SCRIPT))}"]
     return cmd, env
+
+
+def _sets_task_count(sbatch_args: list[str]) -> bool:
+    """Whether the options hold -n/--ntasks/--ntasks-per-node (`-n4`, `--ntasks=4`, `-n 4`)."""
+    return any(arg.split("=")[0] in ("--ntasks", "--ntasks-per-node") or arg.startswith("-n")
+               for arg in sbatch_args)
 
 
 def describe(cmd: list[str], env: dict[str, str] | None = None) -> str:
@@ -75,11 +84,14 @@ def run_local(sweep: Sweep, nproc: int = 1, dry_run: bool = False,
 
 
 def submit_slurm(sweep: Sweep, sbatch_args: list[str] | None = None, dry_run: bool = False,
-                 log: Callable[[str], None] = print) -> list[SweepRun]:
+                 log: Callable[[str], None] = print, tasks_per_node: int = 1) -> list[SweepRun]:
     """Submit every incomplete run as a job and record job ids in the manifest."""
+    if not SLURM_SCRIPT.is_file():
+        raise LaunchError(f"the SLURM launcher {SLURM_SCRIPT} is missing: megatron-ngpt ships it "
+                          "in the package (megatron_ngpt/slurm/launch.sh); reinstall it")
     submitted = []
     for run in sweep.runs:
-        cmd, env = slurm_submission(sweep, run, list(sbatch_args or []))
+        cmd, env = slurm_submission(sweep, run, list(sbatch_args or []), tasks_per_node)
         if dry_run:
             log(describe(cmd, env))
             continue
