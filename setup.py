@@ -26,6 +26,7 @@ setup(
     ],
     extras_require={
         "eval": ["lm-eval", "transformers", "safetensors", "accelerate", "datasets"],
+        "plots": ["matplotlib"],  # tools/plot_runs.py and the demo's report
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         "dev": ["pytest", "ruff", "matplotlib"],
     },

@@ -14,6 +14,14 @@ from typing import Any
 
 # The downstream tasks of the nGPT paper and the Nous reproduction.
 TASK_GROUPS = {"seed": ("hellaswag", "arc_easy", "winogrande", "wsc273", "lambada_openai")}
+OFFLINE_HINT = ("Without network, use a local copy: run the tasks once where there is network "
+                "and copy its Hugging Face datasets cache (~/.cache/huggingface/datasets, or "
+                "HF_HOME) here, then set HF_DATASETS_OFFLINE=1; or give --include-path task "
+                "YAMLs whose dataset_path/data_files name local files (docs/export_eval.md)")
+
+
+class DatasetUnavailable(RuntimeError):
+    """A task's dataset could not be downloaded (no network, or offline mode)."""
 
 
 def expand_tasks(spec: str | list[str]) -> list[str]:
@@ -32,7 +40,8 @@ def expand_tasks(spec: str | list[str]) -> list[str]:
 def evaluate_hf(model_dir: str | Path, tasks: list[str], limit: int | float | None = None,
                 include_path: str | Path | None = None, batch_size: int | str = 8,
                 device: str | None = None) -> dict[str, Any]:
-    """lm-eval's results dict for the exported model in `model_dir` (CUDA when available)."""
+    """lm-eval's results dict for the exported model in `model_dir` (CUDA when available).
+    Raises `DatasetUnavailable` naming the dataset when a task's data cannot be downloaded."""
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -44,13 +53,16 @@ def evaluate_hf(model_dir: str | Path, tasks: list[str], limit: int | float | No
     if unknown:
         raise ValueError(f"unknown lm-eval tasks: {', '.join(unknown)} "
                          "(custom task YAMLs need --include-path)")
-    return simple_evaluate(
-        model="hf",
-        model_args={"pretrained": str(model_dir), "trust_remote_code": True, "dtype": "auto"},
-        tasks=tasks, limit=limit, batch_size=batch_size, task_manager=manager,
-        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        log_samples=False,
-    )
+    try:
+        return simple_evaluate(
+            model="hf",
+            model_args={"pretrained": str(model_dir), "trust_remote_code": True, "dtype": "auto"},
+            tasks=tasks, limit=limit, batch_size=batch_size, task_manager=manager,
+            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            log_samples=False,
+        )
+    except ConnectionError as err:  # `datasets` names the dataset it could not reach
+        raise DatasetUnavailable(f"{err}. {OFFLINE_HINT}") from None
 
 
 def results_markdown(results: dict[str, Any], model_dir: str | Path,
