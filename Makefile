@@ -1,5 +1,5 @@
 # Set-up and checks. `make test` is the README's test command and what CI runs (.ci/run).
-#   make install   .venv with this package (editable) and its eval/dev extras
+#   make install   .venv with this package (editable) and its eval/plots/dev extras
 #   make test      the whole test suite on CPU (gloo); PYTEST_ARGS="tests/models -k tensor" for part
 #   make demo      tiny nGPT vs GPT-2 run end to end on CPU (tools/demo.py)
 #   make lint      ruff
@@ -22,7 +22,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -e ".[eval,dev]"
+	$(PY) -m pip install -e ".[eval,plots,dev]"
 	touch $@
 
 # pytest exits 5 when it collects no test: any non-zero status fails the target.

@@ -29,6 +29,7 @@ setup(
     ],
     extras_require={
         "eval": ["lm-eval", "transformers", "safetensors", "accelerate", "datasets"],
+        "plots": ["matplotlib"],  # tools/plot_runs.py and the demo's report
         "gpu": ["transformer-engine[pytorch]", "flash-attn"],
         # triton: the nGPT kernels' CPU tests run them in Triton's interpreter.
         "dev": ["pytest", "pytest-timeout", "ruff", "matplotlib", "triton"],

@@ -14,7 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from megatron_ngpt.eval.harness import evaluate_hf, expand_tasks, write_results
+from megatron_ngpt.eval.harness import (
+    DatasetUnavailable,
+    evaluate_hf,
+    expand_tasks,
+    write_results,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tasks = expand_tasks(args.tasks)
         results = evaluate_hf(args.model, tasks, limit, args.include_path, batch_size, args.device)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, DatasetUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     json_path, md_path = write_results(results, args.output or Path(args.model) / "eval",

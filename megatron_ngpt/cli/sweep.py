@@ -7,7 +7,8 @@ their cooldown branches:
         --out runs/sweep [--precisions fp32,bf16] [--contexts 128,256] \\
         [--lrs ngpt=1e-2,2e-2 gpt2=1e-3,3e-3 | --lrs 1e-3,3e-3] \\
         [--schedule cosine|wsd --decay-fraction 0.2 --decay-shape 1-sqrt] \\
-        [--launcher local|slurm] [--nproc N] [--dry-run] [-- trainer args]
+        [--launcher local|slurm] [--nproc N] [--sbatch-arg=OPTION ...] [--dry-run] \\
+        [-- trainer args]
 
 Cosine (default): each run gets training.train_tokens = budget (its own schedule to the end) and
 a warmup cut to --max-warmup-fraction of its steps. WSD: one stable run per (model, precision,
@@ -56,7 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base-config-gpt2", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="sweep folder")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
-    parser.add_argument("--nproc", type=int, default=1, help="processes per local run")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="ranks per run: torchrun processes (local), tasks per node (SLURM)")
     parser.add_argument("--max-warmup-fraction", type=float, default=0.05,
                         help="longest warmup, as a fraction of a run's steps")
     parser.add_argument("--sbatch-arg", action="append", default=[],
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.launcher == "local":
             run_local(sweep, args.nproc, args.dry_run)
         else:
-            submit_slurm(sweep, args.sbatch_arg, args.dry_run)
+            submit_slurm(sweep, args.sbatch_arg, args.dry_run, tasks_per_node=args.nproc)
     except (SweepError, ConfigError, LaunchError) as err:
         print(f"sweep: {err}", file=sys.stderr)
         return 1

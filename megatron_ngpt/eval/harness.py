@@ -21,6 +21,15 @@ PACKAGED_TASKS = Path(__file__).resolve().parent / "tasks"
 # Where the packaged tasks' relative data_files start (the checkout, or site-packages).
 PACKAGE_PARENT = PACKAGED_TASKS.parents[2]
 
+OFFLINE_HINT = ("Without network, use a local copy: run the tasks once where there is network "
+                "and copy its Hugging Face datasets cache (~/.cache/huggingface/datasets, or "
+                "HF_HOME) here, then set HF_DATASETS_OFFLINE=1; or give --include-path task "
+                "YAMLs whose dataset_path/data_files name local files (docs/export_eval.md)")
+
+
+class DatasetUnavailable(RuntimeError):
+    """A task's dataset could not be downloaded (no network, or offline mode)."""
+
 
 def expand_tasks(spec: str | list[str]) -> list[str]:
     """``"seed,my_task"`` -> task names, with group aliases (``seed``) expanded, order kept."""
@@ -91,20 +100,24 @@ def resolve_data_files(task: str, manager: Any) -> str | dict[str, Any]:
 def evaluate_hf(model_dir: str | Path, tasks: list[str], limit: int | float | None = None,
                 include_path: str | Path | None = None, batch_size: int | str = 8,
                 device: str | None = None) -> dict[str, Any]:
-    """lm-eval's results dict for the exported model in `model_dir` (CUDA when available)."""
+    """lm-eval's results dict for the exported model in `model_dir` (CUDA when available).
+    Raises `DatasetUnavailable` naming the dataset when a task's data cannot be downloaded."""
     import torch
     from lm_eval import simple_evaluate
 
     if not (Path(model_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; is this an exported model folder?")
     manager, specs = load_tasks(tasks, include_path)
-    return simple_evaluate(
-        model="hf",
-        model_args={"pretrained": str(model_dir), "trust_remote_code": True, "dtype": "auto"},
-        tasks=specs, limit=limit, batch_size=batch_size, task_manager=manager,
-        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        log_samples=False,
-    )
+    try:
+        return simple_evaluate(
+            model="hf",
+            model_args={"pretrained": str(model_dir), "trust_remote_code": True, "dtype": "auto"},
+            tasks=specs, limit=limit, batch_size=batch_size, task_manager=manager,
+            device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            log_samples=False,
+        )
+    except ConnectionError as err:  # `datasets` names the dataset it could not reach
+        raise DatasetUnavailable(f"{err}. {OFFLINE_HINT}") from None
 
 
 def results_markdown(results: dict[str, Any], model_dir: str | Path,

@@ -1,10 +1,11 @@
 """Starting the runs of a sweep: one after another on this machine, or as SLURM jobs.
 
 Locally every run is ``torchrun -m megatron_ngpt.train``, in the manifest's order (a WSD stable
-run before its cooldowns); on SLURM every run is one ``sbatch --wrap "bash slurm/launch.sh"`` whose
-job reads CONFIG, RUN_DIR, OVERRIDES and TRAIN_ARGS from the environment (DATA_PATH and
-TOKENIZER_MODEL pass through from the caller's environment), a cooldown waiting for its stable
-run's job (``--dependency=afterok``). Complete runs are skipped; a dry run lists every run.
+run before its cooldowns); on SLURM every run is one ``sbatch --wrap "bash slurm/launch.sh"`` (the
+launcher shipped in the package) with a task count per node, whose job reads CONFIG, RUN_DIR,
+OVERRIDES and TRAIN_ARGS from the environment (DATA_PATH and TOKENIZER_MODEL pass through from the
+caller's environment), a cooldown waiting for its stable run's job (``--dependency=afterok``).
+Complete runs are skipped; a dry run lists every run.
 """
 
 from __future__ import annotations
@@ -34,17 +35,20 @@ def local_command(sweep: Sweep, run: SweepRun, nproc: int) -> list[str]:
 
 
 def slurm_submission(sweep: Sweep, run: SweepRun, sbatch_args: list[str],
-                     after: str | None = None) -> tuple[list[str], dict[str, str]]:
+                     after: str | None = None, tasks_per_node: int = 1
+                     ) -> tuple[list[str], dict[str, str]]:
     """The sbatch command (starting once job `after` succeeded, if given) and the environment
-    variables slurm/launch.sh reads."""
+    variables slurm/launch.sh reads. The job asks for `tasks_per_node` tasks (ranks) per node
+    unless `sbatch_args` give a task count."""
     run_dir = sweep.run_path(run)
     env = {"CONFIG": run.config, "RUN_DIR": str(run_dir),
            "OVERRIDES": " ".join(sweep.run_settings(run)),
            "TRAIN_ARGS": shlex.join(sweep.extra_args), "PYTHON": sys.executable}
+    tasks = [] if _sets_task_count(sbatch_args) else [f"--ntasks-per-node={tasks_per_node}"]
     # --wrap, not the script itself: sbatch runs a spool copy of a script, from which
     # launch.sh could not find the repository.
     cmd = ["sbatch", "--parsable", f"--job-name=sweep-{run.run_dir}",
-           f"--output={run_dir}/slurm-%j.out", *sbatch_args,
+           f"--output={run_dir}/slurm-%j.out", *tasks, *sbatch_args,
            *([f"--dependency=afterok:{after}"] if after else []),
            f"--wrap=exec bash {shlex.quote(str(SLURM_SCRIPT))}"]
     return cmd, env
@@ -59,6 +63,12 @@ def summary(run: SweepRun) -> str:
     axes = [] if run.precision is None else [run.precision, f"context {run.seq_length}",
                                              f"lr {run.lr:g}"]
     return " ".join([run.model, *axes, what])
+
+
+def _sets_task_count(sbatch_args: list[str]) -> bool:
+    """Whether the options hold -n/--ntasks/--ntasks-per-node (`-n4`, `--ntasks=4`, `-n 4`)."""
+    return any(arg.split("=")[0] in ("--ntasks", "--ntasks-per-node") or arg.startswith("-n")
+               for arg in sbatch_args)
 
 
 def describe(cmd: list[str], env: dict[str, str] | None = None) -> str:
@@ -93,14 +103,17 @@ def run_local(sweep: Sweep, nproc: int = 1, dry_run: bool = False,
 
 
 def submit_slurm(sweep: Sweep, sbatch_args: list[str] | None = None, dry_run: bool = False,
-                 log: Callable[[str], None] = print) -> list[SweepRun]:
+                 log: Callable[[str], None] = print, tasks_per_node: int = 1) -> list[SweepRun]:
     """Submit every incomplete run as a job and record job ids in the manifest."""
+    if not SLURM_SCRIPT.is_file():
+        raise LaunchError(f"the SLURM launcher {SLURM_SCRIPT} is missing: megatron-ngpt ships it "
+                          "in the package (megatron_ngpt/slurm/launch.sh); reinstall it")
     submitted = []
     jobs: dict[str, str] = {}  # run_dir -> job submitted now (a dry run's placeholder)
     for run in sweep.runs:
         complete = is_complete(sweep.run_path(run), run.train_iters)
         cmd, env = slurm_submission(sweep, run, list(sbatch_args or []),
-                                    jobs.get(run.parent) if run.parent else None)
+                                    jobs.get(run.parent) if run.parent else None, tasks_per_node)
         if dry_run:
             log(f"# {summary(run)}: {'complete, would be skipped' if complete else 'would run'}")
             if not complete:

@@ -1,7 +1,8 @@
 """The one module that reaches into DeepSpeed's private state, asserting what it finds.
 
-Two things: where each parameter's master weight lives (`MasterWeights`), and the files DeepSpeed's
-checkpoint engine writes (`HashedCheckpointWrites`).
+Three things: where each parameter's master weight lives (`MasterWeights`), the files DeepSpeed's
+checkpoint engine writes (`HashedCheckpointWrites`), and DeepSpeed's communication start without
+its shared-memory op (`start_deepspeed_comm`).
 
 nGPT's renormalization (`training/optimizer.py`) and the layout-independent checkpoint files
 (`training/reshard.py`) both need, for every parameter, the slice of its master weight (and of its
@@ -29,8 +30,10 @@ would renormalize the bf16 copies (undone by the next step) and checkpoint the w
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import importlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import deepspeed
@@ -43,6 +46,10 @@ from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
 from megatron_ngpt.training.digest import save_hashed
+
+# Not `import deepspeed.comm.torch`: the package `deepspeed.comm` has an attribute `torch` (the
+# torch package itself) that the import statement would return instead of the module.
+deepspeed_comm_torch = importlib.import_module("deepspeed.comm.torch")
 
 PARAMETERS, FP32_COPIES = "parameters", "fp32-copies"
 ZERO_PARTITIONS, ZERO3_PARTITIONS = "zero-partitions", "zero3-partitions"
@@ -260,3 +267,33 @@ class HashedCheckpointWrites:
         """Digests of the files written since the last call, by path."""
         digests, self._digests = self._digests, {}
         return digests
+
+
+def start_deepspeed_comm(backend: str) -> None:
+    """`deepspeed.init_distributed` over the already started default group, without building
+    DeepSpeed's shared-memory all-reduce op.
+
+    On a CPU accelerator DeepSpeed 0.19's `TorchBackend.__init__` calls
+    `deepspeed.comm.torch.build_shm_op`, which probes every op builder and JIT-builds (or loads)
+    the C++ op `deepspeed_shm_comm` into ~/.cache/torch_extensions. The op serves only
+    `inference_all_reduce` (DeepSpeed's tensor-parallel inference); training's collectives go
+    through torch.distributed (gloo). Its build folder is shared by every Python environment and
+    its build.ninja names one environment's include path, so a start from any other environment
+    rebuilds it (about 30 s). On GPU accelerators the op does not exist (the builder is None)."""
+    if "build_shm_op" not in deepspeed_comm_torch.TorchBackend.__init__.__code__.co_names:
+        raise DeepSpeedLayoutError(
+            f"DeepSpeed {deepspeed.__version__}: TorchBackend no longer builds its shared-memory "
+            "op through deepspeed.comm.torch.build_shm_op. This DeepSpeed version is not "
+            "supported (see setup.py for the tested range).")
+    with _patched(deepspeed_comm_torch, "build_shm_op", lambda: None):
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+@contextlib.contextmanager
+def _patched(owner: object, name: str, value: object) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron_ngpt.log import ignore_cuda_advice
 from megatron_ngpt.parallel.cpu_compat import apply_cpu_compat
 
 
@@ -47,6 +48,7 @@ def init_distributed(tp: int = 1, pp: int = 1, device: str = "auto") -> Parallel
     dev = select_device(device)
     if dev.type == "cpu":
         apply_cpu_compat()
+        ignore_cuda_advice()
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
@@ -59,11 +61,10 @@ def init_distributed(tp: int = 1, pp: int = 1, device: str = "auto") -> Parallel
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         else:
             dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
-    # DeepSpeed keeps its own handle on the (already started) default group.
-    import deepspeed
+    # DeepSpeed keeps its own handle on the (already started) default group; it loads only here.
+    from megatron_ngpt.parallel.deepspeed_internals import start_deepspeed_comm
 
-    deepspeed.init_distributed(dist_backend="nccl" if dev.type == "cuda" else "gloo",
-                               verbose=False)
+    start_deepspeed_comm("nccl" if dev.type == "cuda" else "gloo")
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % (tp * pp):
         raise ValueError(f"world size {world} is not divisible by TP x PP = {tp} x {pp}")

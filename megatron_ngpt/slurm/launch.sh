@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The one launcher behind every sbatch script in slurm/ (they only choose CONFIG).
 #
-# Inside a SLURM job: one srun task per GPU, each exporting RANK/LOCAL_RANK/WORLD_SIZE from
-# SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS, with MASTER_ADDR = the job's first node (no ssh, no
-# hostfile). When the trainer exits 3 (preempted, checkpoint saved) the job requeues itself and
-# the next start resumes from RUN_DIR; when a rank crashes, the whole job ends at once.
+# Inside a SLURM job: one srun task per GPU (one per node if the job gave no task count), each
+# exporting RANK/LOCAL_RANK/WORLD_SIZE from SLURM_PROCID/SLURM_LOCALID and the step's task count,
+# with MASTER_ADDR = the job's first node (no ssh, no hostfile). When the trainer exits 3
+# (preempted, checkpoint saved) the job requeues itself and the next start resumes from RUN_DIR;
+# when a rank crashes, the whole job ends at once.
 # Outside SLURM: torchrun on this machine (NPROC processes).
 #
 # Environment: CONFIG (required; a file, or the name of a packaged config such as
@@ -60,7 +61,10 @@ fi
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
 export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 40000))}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
-echo "launch.sh: job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}, ${SLURM_NTASKS:-1} task(s) on" \
+# SLURM_NTASKS is set only when the job asked for a task count; without one, srun starts one task
+# per node.
+echo "launch.sh: job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}," \
+     "${SLURM_NTASKS:-${SLURM_JOB_NUM_NODES:-1}} task(s) on" \
      "$SLURM_JOB_NODELIST, master $MASTER_ADDR:$MASTER_PORT: $PYTHON ${trainer[*]}"
 
 # A rank that crashes ends the whole step at once (--kill-on-bad-exit), instead of leaving the
@@ -75,7 +79,7 @@ export PREEMPTED_MARKER=$RUN_DIR/.preempted.$SLURM_JOB_ID
 rm -f "$PREEMPTED_MARKER"
 # shellcheck disable=SC2016
 srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} bash -c \
-  'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+  'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=${SLURM_STEP_NUM_TASKS:-$SLURM_NTASKS}
    trap : USR1 TERM
    "$@" && exit 0 || status=$?
    (( status != 3 )) || { touch "$PREEMPTED_MARKER"; exit 0; }

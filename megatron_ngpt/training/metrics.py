@@ -1,10 +1,12 @@
-"""Training metrics: metrics.jsonl, a console progress bar with ETA, and wandb when enabled."""
+"""Training metrics: metrics.jsonl, a console progress bar with ETA (on a terminal), and wandb
+when enabled."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,8 @@ class MetricsLogger:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        if cfg.logging.progress_bar:
+        # A bar redraws itself with carriage returns: only for a terminal, never into a log file.
+        if cfg.logging.progress_bar and sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                             dynamic_ncols=True, mininterval=1.0)
         if cfg.logging.wandb:

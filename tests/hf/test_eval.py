@@ -98,6 +98,27 @@ def test_eval_tool_writes_results(exported, tmp_path, monkeypatch, capsys):
     assert "unknown lm-eval tasks: no_such_task" in capsys.readouterr().err
 
 
+def test_a_dataset_out_of_reach_fails_in_one_line_naming_it(exported, tmp_path, capsys):
+    """Offline (tests/hf/conftest.py), a task whose dataset lives on the Hub: one line that
+    names the dataset and says how to use a local copy, no traceback."""
+    _, folder = exported("gpt2")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "hub_choice.yaml").write_text(
+        "task: hub_choice\ndataset_path: megatron-ngpt/not-on-this-machine\n"
+        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\n")
+    code = eval_cli.main(["--model", str(folder), "--tasks", "hub_choice", "--include-path",
+                          str(tasks), "--limit", "1", "--output", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, err
+    assert "'megatron-ngpt/not-on-this-machine'" in error[0]
+    assert "HF_DATASETS_OFFLINE=1" in error[0] and "--include-path" in error[0]
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.slow
 def test_lm_eval_cli_runs_exported_ngpt(exported, tmp_path):
     _, folder = exported("ngpt")

@@ -175,3 +175,12 @@ def test_checkpoint_tool_reports_missing_checkpoint(tmp_path, capsys):
     assert code == 1
     assert err.startswith("error:") and "no_run" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_every_exported_file_is_readable_by_all(exported):
+    """Folders 0755 and files 0644, model.safetensors too (it was written 0600 once), whatever
+    mode the staging folder and the writers chose."""
+    _, folder = exported("ngpt")
+    modes = {path.name: path.stat().st_mode & 0o777 for path in [folder, *folder.rglob("*")]}
+    assert modes.pop(folder.name) == 0o755 and modes["model.safetensors"] == 0o644
+    assert modes and set(modes.values()) == {0o644}, modes

@@ -1,6 +1,7 @@
 """slurm/ngpt_0.5b_4k.sh submitted to a real one-node SLURM cluster (tests/slurm/start_cluster.sh),
 running the real trainer on 2 CPU tasks: a run to completion, and a preemption that checkpoints,
-requeues and resumes. Without slurmdbd the final job state comes from the jobcomp/filetxt log."""
+requeues and resumes; a job submitted with no task count; and a budget sweep submitted through
+`--launcher slurm`. Without slurmdbd the final job state comes from the jobcomp/filetxt log."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from megatron_ngpt.analysis.runs import is_complete
+from megatron_ngpt.experiments.manifest import load_manifest
 from tests.distributed import DIST_VARIABLES
+from tests.tiny import TINY_RUN
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -28,6 +33,8 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
                 "DEADLINE", "BOOT_FAIL"}
 UP_STATES = {"idle", "mixed", "allocated"}
 JOB_TIMEOUT = 900
+# What `submit` gives sbatch after the options every job gets (no GPU, 1 CPU per task, 20 min).
+SCRIPT_ON_TWO_TASKS = ("--nodes=1", "--ntasks-per-node=2", "slurm/ngpt_0.5b_4k.sh")
 
 
 def _cannot_start(reason: str) -> None:
@@ -107,26 +114,35 @@ class Job:
         return [row["step"] for row in rows if "loss" in row]
 
 
+def _job_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+
+
+def _jobcomp_offset() -> int:
+    return JOBCOMP.stat().st_size if JOBCOMP.exists() else 0
+
+
 @pytest.fixture
 def submit(cluster: None, tmp_path: Path, tiny_dataset_prefix: str,
-           sp_tokenizer_path: Path) -> Callable[[str], Job]:
+           sp_tokenizer_path: Path) -> Callable[..., Job]:
     """Submits slurm/ngpt_0.5b_4k.sh as the docs do, overriding its 8-GPU defaults for 2 CPU
-    tasks and pointing it at the tiny config and data."""
+    tasks and pointing it at the tiny config, the tiny data and this Python (or submits `job`:
+    sbatch's last arguments instead)."""
 
-    def _submit(train_args: str) -> Job:
+    def _submit(train_args: str, job: tuple[str, ...] = SCRIPT_ON_TWO_TASKS) -> Job:
         run_dir, log = tmp_path / "run", tmp_path / "job.out"
-        env = {**{k: v for k, v in os.environ.items() if k not in DIST_VARIABLES},
+        env = {**_job_environment(),
                "CONFIG": "configs/tiny/ngpt.yaml",
                "DATA_PATH": tiny_dataset_prefix, "TOKENIZER_MODEL": str(sp_tokenizer_path),
-               "RUN_DIR": str(run_dir), "OMP_NUM_THREADS": "1",
+               "RUN_DIR": str(run_dir), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
                # no test split: the tiny corpus has too few documents for one
                "OVERRIDES": "data.split=90,10,0",
                "TRAIN_ARGS": f"--device cpu --global-batch-size 8 --micro-batch-size 4 "
                              f"--log-interval 1 --eval-interval 0 {train_args}"}
-        offset = JOBCOMP.stat().st_size if JOBCOMP.exists() else 0
+        offset = _jobcomp_offset()
         submitted = subprocess.run(
-            ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
-             "--cpus-per-task=1", "--time=20", f"--output={log}", "slurm/ngpt_0.5b_4k.sh"],
+            ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20",
+             f"--output={log}", *job],
             cwd=REPO, env=env, capture_output=True, text=True)
         assert submitted.returncode == 0, submitted.stderr
         return Job(int(submitted.stdout.strip().split(";")[0]), log, run_dir, offset)
@@ -141,7 +157,7 @@ def _latest_checkpoint_step(run_dir: Path) -> int:
     return int(name.removeprefix("step_"))
 
 
-def test_batch_job_trains_to_completion(submit: Callable[[str], Job]) -> None:
+def test_batch_job_trains_to_completion(submit: Callable[..., Job]) -> None:
     job = submit("--train-iters 6 --save-interval 3")
     final = job.wait()
     output = job.output()
@@ -151,7 +167,18 @@ def test_batch_job_trains_to_completion(submit: Callable[[str], Job]) -> None:
     assert _latest_checkpoint_step(job.run_dir) == 6
 
 
-def test_preempted_job_saves_requeues_and_resumes(submit: Callable[[str], Job]) -> None:
+def test_a_job_without_a_task_count_runs_one_task_per_node(submit: Callable[..., Job]) -> None:
+    """`sbatch --wrap` with no -n/--ntasks/--ntasks-per-node: SLURM sets no SLURM_NTASKS, srun
+    starts one task per node, and launch.sh takes the world size from the step."""
+    job = submit("--train-iters 2", ("--wrap=exec bash megatron_ngpt/slurm/launch.sh",))
+    final = job.wait()
+    output = job.output()
+    assert final["JobState"] == "COMPLETED", output[-6000:]
+    assert "1 task(s)" in output, output[-6000:]
+    assert job.logged_steps() == [1, 2]
+
+
+def test_preempted_job_saves_requeues_and_resumes(submit: Callable[..., Job]) -> None:
     total = 40
     job = submit(f"--train-iters {total} --save-interval 1000")
     deadline = time.monotonic() + JOB_TIMEOUT
@@ -194,7 +221,7 @@ def _trainer_pid(job_id: int, rank: int) -> int | None:
     return None
 
 
-def test_crashed_rank_ends_the_job_at_once(submit: Callable[[str], Job]) -> None:
+def test_crashed_rank_ends_the_job_at_once(submit: Callable[..., Job]) -> None:
     """A rank killed mid-run (as by the OOM killer) must not leave the others waiting in a
     collective until the time limit: the job fails promptly and is not requeued.
 
@@ -219,3 +246,28 @@ def test_crashed_rank_ends_the_job_at_once(submit: Callable[[str], Job]) -> None
     assert job.restarts() == 0
     assert "srun exited with status" in output, output[-6000:]
     assert not list(job.run_dir.glob(".preempted.*"))
+
+
+def test_sweep_jobs_run_to_completion(cluster: None, tmp_path: Path, tiny_dataset_prefix: str,
+                                      sp_tokenizer_path: Path) -> None:
+    """The documented sweep command with `--launcher slurm` and nothing about tasks: the launcher
+    is found in the package and every job trains its budget to the end."""
+    out, offset = tmp_path / "sweep", _jobcomp_offset()
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_ngpt.cli.sweep", "--models", "ngpt",
+         "--budgets", "1K,2K", "--base-config", "configs/tiny", "--out", str(out),
+         "--launcher", "slurm", "--sbatch-arg=--time=20", "--",
+         *TINY_RUN, "data.split=90,10,0", "--device", "cpu", "--log-interval", "1",
+         "--data-path", tiny_dataset_prefix, "--tokenizer-model", str(sp_tokenizer_path)],
+        cwd=tmp_path, env={**_job_environment(), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sweep = load_manifest(out)
+    assert len(sweep.runs) == 2 and all(run.job_id for run in sweep.runs)
+    for run in sweep.runs:
+        run_dir = sweep.run_path(run)
+        job = Job(int(run.job_id), run_dir / f"slurm-{run.job_id}.out", run_dir, offset)
+        final = job.wait()
+        assert final["JobState"] == "COMPLETED", job.output()[-6000:]
+        assert job.logged_steps() == list(range(1, run.train_iters + 1))
+        assert is_complete(run_dir, run.train_iters)
