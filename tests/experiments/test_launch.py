@@ -28,7 +28,7 @@ def test_jobs_ask_for_tasks_per_node_unless_the_options_give_a_task_count(sweep)
 def test_a_missing_launcher_is_reported_even_in_a_dry_run(sweep, tmp_path, monkeypatch):
     lines = []
     submit_slurm(sweep, dry_run=True, log=lines.append)
-    assert lines and str(launch.SLURM_SCRIPT) in lines[0]
+    assert any(str(launch.SLURM_SCRIPT) in line for line in lines)
     missing = tmp_path / "site-packages" / "slurm" / "launch.sh"
     monkeypatch.setattr(launch, "SLURM_SCRIPT", missing)
     with pytest.raises(LaunchError, match=f"the SLURM launcher {missing} is missing"):
