@@ -205,15 +205,17 @@ class MasterWeights:
         @functools.wraps(step)
         def step_then_hook(*args, **kwargs):
             result = step(*args, **kwargs)
-            stepped = set().union(*(members[id(group)] for group in self.base.param_groups))
+            stepped = set().union(*(members[id(hp)] for group in self.base.param_groups
+                                    for hp in group["params"]))
             hook([p for p in params if id(p) in stepped])
             return result
 
         self.base.step = step_then_hook
 
     def _group_members(self) -> dict[int, set[int]]:
-        """Which model parameters (by id) each group of the base optimizer updates, by the
-        group's id. DeepSpeed's ZeRO-1/2 optimizer steps its groups one at a time
+        """Which model parameters (by id) each group of the base optimizer updates, by the id of
+        each tensor the group steps (loading a checkpoint replaces the group dicts but keeps their
+        tensors). DeepSpeed's ZeRO-1/2 optimizer steps its groups one at a time
         (`_optimizer_step` narrows `param_groups` to one group and copies that group's masters
         into the model right after), so the hook sees only the group just stepped; a second pass
         over the other groups' masters would round them again after their copy."""
@@ -230,8 +232,8 @@ class MasterWeights:
                 f"DeepSpeed {deepspeed.__version__}: {type(self.optimizer).__name__} has "
                 f"{len(lp_groups)} model parameter groups for {len(groups)} optimizer groups. "
                 "This DeepSpeed version is not supported (see setup.py for the tested range).")
-        return {id(group): {id(p) for p in lp} for group, lp in zip(groups, lp_groups,
-                                                                       strict=True)}
+        return {id(hp): {id(p) for p in lp}
+                for group, lp in zip(groups, lp_groups, strict=True) for hp in group["params"]}
 
     def refresh_partitioned_parameters(self) -> None:
         """ZeRO-3: rebuild the model's parameter partitions from the masters (after writing
