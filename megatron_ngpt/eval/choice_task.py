@@ -4,9 +4,11 @@ passage (in the style of hellaswag, from text no model has trained on).
 Each item is a window of the held-out documents: `context_words` words, then the true
 continuation of `continuation_words` words; the three wrong choices are the continuations of
 items a quarter, half and three quarters of the task away, so they come from other documents and
-read like real text of the same corpus. Windows do not overlap, the answer's position cycles
-through the four places and everything depends only on the input: the same file gives the same
-task. Chance is 1/4; a language model beats it by how well it follows the passage.
+read like real text of the same corpus. The task holds a multiple of four items, so these form
+groups of four that share one set of choices, each item the answer of one: a model that ignores
+the passage picks the same text in all four and scores exactly 1/4, and only reading the
+passage beats it. Windows do not overlap, the answer's position cycles through the four places
+and everything depends only on the input: the same file gives the same task.
 """
 
 from __future__ import annotations
@@ -53,17 +55,18 @@ def _windows(documents: list[list[str]], shape: ChoiceTaskShape) -> list[tuple[s
 
 
 def choice_items(documents: list[list[str]], shape: ChoiceTaskShape) -> list[dict]:
-    """Items ``{"context", "choices", "label"}``; windows evenly spaced over the input when it
-    holds more than `shape.max_items`."""
+    """Items ``{"context", "choices", "label"}``: a multiple of four windows, evenly spaced over
+    the input when it holds more than `shape.max_items`."""
     windows = _windows(documents, shape)
-    if len(windows) > shape.max_items:
-        windows = [windows[i * len(windows) // shape.max_items] for i in range(shape.max_items)]
-    count = len(windows)
+    count = min(len(windows), shape.max_items)
+    count -= count % CHOICES
+    windows = [windows[i * len(windows) // count] for i in range(count)] if count else []
+    step = count // CHOICES
     items = []
     for index, (context, answer) in enumerate(windows):
-        wrong = [windows[(index + k * count // CHOICES) % count][1] for k in range(1, CHOICES)]
-        if count < 2 * CHOICES or answer in wrong or len(set(wrong)) < len(wrong):
-            continue  # a choice twice would make the item ambiguous
+        wrong = [windows[(index + k * step) % count][1] for k in range(1, CHOICES)]
+        if len({answer, *wrong}) < CHOICES:
+            continue  # a choice twice would make the item ambiguous (and its whole group too)
         label = index % CHOICES
         items.append({"context": context, "choices": [*wrong[:label], answer, *wrong[label:]],
                       "label": label})

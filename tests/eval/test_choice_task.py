@@ -38,14 +38,30 @@ def test_items_are_consecutive_windows_with_other_passages_as_wrong_choices(tmp_
 
 def test_long_inputs_are_sampled_evenly_and_the_same_input_gives_the_same_task(tmp_path):
     _corpus(tmp_path / "held.jsonl", documents=10, words=50)  # 100 windows
-    shape = ChoiceTaskShape(3, 2, max_items=25)
+    shape = ChoiceTaskShape(3, 2, max_items=25)  # rounded down to 24, a multiple of four
     write_choice_task(tmp_path / "held.jsonl", tmp_path / "a", "cont", shape=shape)
     write_choice_task(tmp_path / "held.jsonl", tmp_path / "b", "cont", shape=shape)
     first = (tmp_path / "a" / "cont.jsonl").read_text()
     assert first == (tmp_path / "b" / "cont.jsonl").read_text()
     contexts = [json.loads(line)["context"] for line in first.splitlines()]
+    # windows 0, 4, 8, ..., 95 of 100 (i * 100 // 24); ten windows of five words per document
+    assert len(contexts) == 24
     assert contexts[:3] == ["d0w0 d0w1 d0w2", "d0w20 d0w21 d0w22", "d0w40 d0w41 d0w42"]
-    assert contexts[-1] == "d9w30 d9w31 d9w32"
+    assert contexts[-1] == "d9w25 d9w26 d9w27"
+
+
+@pytest.mark.parametrize("documents, words", [(4, 23), (3, 28), (7, 13)])
+def test_a_model_that_ignores_the_passage_scores_exactly_chance(tmp_path, documents, words):
+    """(16, 15 and 14 windows.) Whatever a context-free model prefers, it picks the same text in
+    the four items that share their choices, and that text is the answer of exactly one."""
+    _corpus(tmp_path / "held.jsonl", documents, words)
+    write_choice_task(tmp_path / "held.jsonl", tmp_path / "tasks", "cont", shape=SHAPE)
+    items = [json.loads(line) for line in (tmp_path / "tasks" / "cont.jsonl").open()]
+    assert len(items) % CHOICES == 0
+    for preference in (hash, len, lambda text: text[::-1], lambda text: -hash(text)):
+        picks = [max(item["choices"], key=preference) for item in items]
+        correct = sum(pick == item["choices"][item["label"]] for pick, item in zip(picks, items))
+        assert correct * CHOICES == len(items)
 
 
 def test_lm_eval_reads_the_task_from_another_folder(tmp_path, monkeypatch):
