@@ -83,8 +83,8 @@ class DemoSettings:
             if not quick:  # bf16 matmuls without CPU support for bf16 run ~9x slower than fp32
                 settings.budgets = [s * step for s in FULL_BUDGET_STEPS]
             settings.precisions = FULL_PRECISIONS
-            settings.lrs = {m: [base_config(m).optimizer.lr / 2, base_config(m).optimizer.lr]
-                            for m in MODELS}
+            tuned = {m: base_config(m).optimizer.lr for m in MODELS}
+            settings.lrs = {m: [lr / 2, lr] for m, lr in tuned.items()}
         return settings
 
 
