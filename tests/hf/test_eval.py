@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from transformers import AutoTokenizer
 
 from megatron_ngpt.cli import eval as eval_cli
 from megatron_ngpt.eval.harness import TASK_GROUPS, expand_tasks
-from tests.distributed import REPO
+from tests.distributed import REPO, clean_env
 from tests.hf.parity import load_hf_model
 
 TASKS = "tiny_choice,tiny_cloze"
@@ -122,14 +121,17 @@ def test_a_dataset_out_of_reach_fails_in_one_line_naming_it(exported, tmp_path, 
 @pytest.mark.slow
 def test_lm_eval_cli_runs_exported_ngpt(exported, tmp_path):
     _, folder = exported("ngpt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # Without this process's rank variables (single_rank sets them), which would make the
+    # subprocess's accelerate join a process group of its own.
+    env = clean_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     lm_eval = Path(sys.executable).with_name("lm_eval")
-    subprocess.run(
+    proc = subprocess.run(
         [str(lm_eval), "--model", "hf", "--model_args",
          f"pretrained={folder},trust_remote_code=True,dtype=float32", "--tasks", TASKS,
          "--include_path", INCLUDE, "--limit", "4", "--device", "cpu", "--batch_size", "4",
          "--output_path", str(tmp_path / "cli")],
-        check=True, cwd=REPO, env=env, capture_output=True,
+        cwd=REPO, env=env, capture_output=True, text=True,
     )
+    assert proc.returncode == 0, proc.stderr[-4000:]
     (results_file,) = (tmp_path / "cli").rglob("results*.json")
     _check_results(json.loads(results_file.read_text())["results"], folder, 4)
